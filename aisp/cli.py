@@ -1,0 +1,189 @@
+"""The `aisp` command line (Typer + rich): `aisp hw`, `aisp bench list-targets`, `aisp bench run`.
+
+Every flag is honoured or rejected; none is silently ignored. `ch16/compare.py` is this same
+`bench run` with the targets defaulting to the whole chapter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="aisp: measure which inference optimizations pay off on this hardware.")
+bench_app = typer.Typer(no_args_is_help=True, help="Discover and run baseline/optimized pairs.")
+app.add_typer(bench_app, name="bench")
+# Wide enough for the results table when output goes to a file or CI log (no terminal width).
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+@app.command("hw")
+def hw_command(
+    remeasure: bool = typer.Option(False, "--remeasure", help="Measure the ceilings again "
+                                   "instead of using the cached values."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if "
+                                         "available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the device, its capabilities, versions and measured ceilings."""
+    from aisp.hardware import ceilings, detect
+
+    info = detect(device)
+    ceil = ceilings(info, remeasure=remeasure)
+    if as_json:
+        console.print_json(json.dumps({"hardware": info.to_dict(), "ceilings": ceil.to_dict()}))
+        return
+    t = Table(title=f"hardware key: {info.key}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in info.to_dict().items():
+        if k != "capabilities":
+            t.add_row(k, str(v))
+    t.add_row("capabilities", ", ".join(k for k, v in info.capabilities.__dict__.items() if v)
+              or "none")
+    t.add_row("copy bandwidth", f"{ceil.copy_bytes_per_s / 1e9:,.1f} GB/s (read + write, measured)")
+    t.add_row("matmul", f"{ceil.matmul_flops_per_s / 1e12:,.2f} TFLOP/s {ceil.matmul_dtype} "
+                        f"(measured {ceil.measured_at})")
+    console.print(t)
+
+
+@bench_app.command("list-targets")
+def list_targets(
+    chapter: Optional[str] = typer.Option(None, "--chapter", help="Only this chapter (e.g. ch16)."),
+) -> None:
+    """List the pairs (and their optimized variants) that `bench run` can take."""
+    from aisp.harness.discovery import TargetError, chapters, discover_pairs
+
+    try:
+        names = [chapter] if chapter else chapters()
+        for ch in names:
+            for pair in discover_pairs(ch):
+                variants = [pair.variant_name(p) for p in pair.optimized[1:]]
+                extra = f"  (variants: {', '.join(variants)})" if variants else ""
+                console.print(f"{pair.target}{extra}", highlight=False)
+    except TargetError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2)
+
+
+class _RichProgress:
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def side_started(self, description: str, total: int) -> None:
+        self.task = self.progress.add_task(description, total=total)
+
+    def sample_done(self) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def side_finished(self) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+
+@bench_app.command("run")
+def bench_run(
+    targets: str = typer.Option(..., "--targets", help="ch16, ch16:flash_sdp or "
+                                "ch16:flash_sdp,paged_attention."),
+    profile: str = typer.Option("none", "--profile", help="none | minimal | full."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1,
+                                             help="Timed runs per side (default: each target's)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", min=0,
+                                         help="Untimed runs before timing (default: each target's)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON here."),
+    update_expectations: bool = typer.Option(False, "--update-expectations",
+                                             help="Rewrite expectations_<hw>.json from the "
+                                                  "verified rows of this run."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Input seed (default: fresh, recorded)."),
+    cold_l2: bool = typer.Option(False, "--cold-l2", help="Flush the GPU L2 before every sample."),
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir",
+                                       help="Where the run folder (results, report, profiles) goes."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+    fail_on_regression: bool = typer.Option(False, "--fail-on-regression",
+                                            help="Exit 3 when a row regressed against expectations."),
+) -> None:
+    """Run pairs: time both sides, verify outputs, compare with expectations, write artifacts."""
+    import os
+
+    from aisp.hardware import ceilings, detect
+    from aisp.harness import expectations as exp
+    from aisp.harness.discovery import TargetError, resolve_targets
+    from aisp.harness.provenance import provenance
+    from aisp.harness.report import (build_results, render_profile_summaries, render_table,
+                                     run_dir_for, write_artifacts)
+    from aisp.harness.runner import RunOptions, run_pairs
+
+    if device:
+        os.environ["AISP_DEVICE"] = device  # benchmarks call detect() themselves
+    try:
+        pairs = resolve_targets(targets)
+        run_dir = run_dir_for(artifacts_dir, targets)
+        options = RunOptions(profile=profile, iterations=iterations, warmup=warmup, seed=seed,
+                             cold_l2=cold_l2, artifacts_dir=run_dir)
+    except (TargetError, ValueError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2)
+    info = detect(device)
+    console.print(f"[bold]{info.name}[/] (key [cyan]{info.key}[/]); measuring ceilings if not "
+                  f"cached...", highlight=False)
+    ceil = ceilings(info)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        try:
+            rows = run_pairs(pairs, info, ceil, options, progress=_RichProgress(progress))
+        except exp.ExpectationsError as e:
+            console.print(f"[red]error:[/] {e}")
+            raise typer.Exit(2)
+    prov = provenance(info)
+    results = build_results(rows, info, ceil, options, prov, targets)
+    results["options"]["seed_used"] = seed
+    paths = write_artifacts(results, run_dir)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    for t in render_profile_summaries(results):
+        console.print(t)
+    console.print(render_table(results))
+    for row in rows:
+        if row.error:
+            console.print(f"[red]{row.key}:[/] {row.error}", highlight=False)
+    if update_expectations:
+        from aisp.harness.discovery import REPO_ROOT
+
+        by_chapter: dict[str, list[dict]] = {}
+        for row in rows:
+            by_chapter.setdefault(row.chapter, []).append(
+                {"key": row.key, "verified": row.verified, "error": row.error,
+                 "speedup": row.speedup, "speedup_rel_noise": row.speedup_rel_noise,
+                 "workload": row.workload, "metrics": row.metrics()})
+        for chapter, chapter_rows in by_chapter.items():
+            path = exp.expectations_path(REPO_ROOT / chapter, info.key)
+            updated, refused = exp.update(path, info.key, chapter_rows, prov)
+            if updated:
+                console.print(f"updated {path}: {', '.join(updated)}", highlight=False)
+            if refused:
+                console.print(f"[yellow]not updated (unverified or failed):[/] "
+                              f"{', '.join(refused)}", highlight=False)
+    console.print(f"results: {paths['results']}  report: {paths['report']}", highlight=False)
+    if any(not r.verified or r.error for r in rows):
+        raise typer.Exit(1)
+    if fail_on_regression and any(r.verdict.status == "regressed" for r in rows):
+        raise typer.Exit(3)
+
+
+def main(argv: list[str] | None = None, prog_name: str = "aisp") -> None:
+    app(args=argv, prog_name=prog_name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The benchmark protocol every target implements.
+
+A target module exposes `get_benchmark()`, returning one `Benchmark` (or a list of them, one per
+workload size, each with a distinct `label`). The runner drives it as:
+
+    setup()                      build inputs (seeded by the runner), load weights, autotune
+    out = run()                  first call: its output is the one verified against the pair
+    run() x warmup, run() x N    timed; run() is the whole timed body and returns its output
+    teardown()                   free everything
+
+Contract for `run()`: it must be deterministic given the seed set before `setup()`, and the
+first call after `setup()` must compute on the first input set, so that the baseline's and the
+optimized implementation's first outputs are comparable. Implementations may rotate through
+several input sets on later calls (so caches do not flatter repeated runs).
+
+`reference()` is optional: when a float64 answer for the first input set is cheap, returning it
+lets the runner check both sides of a pair against exact math, not only against each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one `run()` does, in physical units, so reports show rates and roofline fractions.
+
+    `flops` counts useful arithmetic (causal attention counts only the unmasked half), and
+    `bytes` the fewest bytes that must cross device memory (each input read once, each output
+    written once) — so a slow implementation cannot look efficient by doing extra work.
+    """
+
+    tokens: int = 0
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0 or self.flops < 0 or self.bytes < 0:
+            raise ValueError(f"work counts must be non-negative, got {self}")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """How to time one benchmark and what it computes on.
+
+    `sizes` describes the workload (shapes, dtype) and is stored with every result and
+    expectation, so a number is never separated from what produced it.
+    """
+
+    iterations: int = 30
+    warmup: int = 5
+    sizes: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    # ‖out − ref‖/‖ref‖ allowed between the two sides of a pair and against float64
+    tolerance: float | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+
+@runtime_checkable
+class Benchmark(Protocol):
+    """One side of a pair (or a lone target). `label` names the workload size when a target
+    returns several; `details()` may report choices made in setup (e.g. the SDPA backend)."""
+
+    name: str
+    label: str
+
+    def setup(self) -> None: ...
+
+    def run(self) -> Any: ...
+
+    def teardown(self) -> None: ...
+
+    def config(self) -> BenchmarkConfig: ...
+
+    def work(self) -> Work: ...
+
+
+def optional_reference(bench: Benchmark) -> Any | None:
+    """The float64 answer for the first input set, if the benchmark offers one."""
+    fn = getattr(bench, "reference", None)
+    return fn() if callable(fn) else None
+
+
+def optional_details(bench: Benchmark) -> dict[str, Any]:
+    fn = getattr(bench, "details", None)
+    return dict(fn()) if callable(fn) else {}

@@ -1,0 +1,113 @@
+"""Memory behaviour of a timed region: peak footprint and allocator events.
+
+On a GPU the interesting events are the caching allocator's: device allocations (cudaMalloc)
+and frees, allocation retries (the allocator had to free its cache and try again: the
+'page faults' of a paged-vs-contiguous comparison), and fragmentation = 1 - allocated/reserved.
+On the CPU the analogous signals are the process's page faults and its peak resident set.
+
+`MemoryProbe` is entered around a region; `transient_peak_bytes` is the peak minus what was
+already allocated when the region began — the workspace the body itself needed (the S×S score
+matrix of naive attention, say), independent of the inputs that were resident before.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    device_type: str
+    peak_bytes: int                 # GPU: peak allocated; CPU: peak resident set (VmHWM)
+    transient_peak_bytes: int       # peak - bytes already in use at region start
+    device_allocs: int | None = None    # cudaMalloc calls during the region
+    device_frees: int | None = None
+    alloc_retries: int | None = None
+    fragmentation: float | None = None  # 1 - allocated/reserved at the region's peak state
+    minor_page_faults: int | None = None
+    major_page_faults: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cuda_stat(stats: dict, *keys: str) -> int:
+    for k in keys:
+        if k in stats:
+            return int(stats[k])
+    return 0
+
+
+def _vm_hwm_bytes() -> int:
+    try:
+        m = re.search(r"VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+        return int(m.group(1)) * 1024 if m else 0
+    except OSError:
+        return 0
+
+
+def _vm_rss_bytes() -> int:
+    try:
+        m = re.search(r"VmRSS:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+        return int(m.group(1)) * 1024 if m else 0
+    except OSError:
+        return 0
+
+
+def _reset_vm_hwm() -> None:
+    """Linux resets the peak-RSS watermark when '5' is written to clear_refs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+class MemoryProbe:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.report: MemoryReport | None = None
+
+    def __enter__(self) -> "MemoryProbe":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_stats(self.device)
+            self._start_alloc = torch.cuda.memory_allocated(self.device)
+        else:
+            _reset_vm_hwm()
+            self._start_rss = _vm_rss_bytes()
+            self._start_ru = resource.getrusage(resource.RUSAGE_SELF)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            end = torch.cuda.memory_stats(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            reserved_peak = _cuda_stat(end, "reserved_bytes.all.peak")
+            self.report = MemoryReport(
+                device_type="cuda", peak_bytes=peak,
+                transient_peak_bytes=max(0, peak - self._start_alloc),
+                device_allocs=_cuda_stat(end, "num_device_alloc", "segment.all.allocated")
+                - _cuda_stat(self._start, "num_device_alloc", "segment.all.allocated"),
+                device_frees=_cuda_stat(end, "num_device_free", "segment.all.freed")
+                - _cuda_stat(self._start, "num_device_free", "segment.all.freed"),
+                alloc_retries=_cuda_stat(end, "num_alloc_retries")
+                - _cuda_stat(self._start, "num_alloc_retries"),
+                fragmentation=(1.0 - peak / reserved_peak) if reserved_peak else 0.0,
+            )
+        else:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            peak = _vm_hwm_bytes()
+            self.report = MemoryReport(
+                device_type="cpu", peak_bytes=peak,
+                transient_peak_bytes=max(0, peak - self._start_rss),
+                minor_page_faults=ru.ru_minflt - self._start_ru.ru_minflt,
+                major_page_faults=ru.ru_majflt - self._start_ru.ru_majflt,
+            )
