@@ -158,7 +158,7 @@ def bench_run(
         if row.error:
             console.print(f"[red]{row.key}:[/] {row.error}", highlight=False)
     if update_expectations:
-        from aisp.harness.discovery import REPO_ROOT
+        from aisp.harness import discovery
 
         by_chapter: dict[str, list[dict]] = {}
         for row in rows:
@@ -167,7 +167,7 @@ def bench_run(
                  "speedup": row.speedup, "speedup_rel_noise": row.speedup_rel_noise,
                  "workload": row.workload, "metrics": row.metrics()})
         for chapter, chapter_rows in by_chapter.items():
-            path = exp.expectations_path(REPO_ROOT / chapter, info.key)
+            path = exp.expectations_path(discovery.REPO_ROOT / chapter, info.key)
             updated, refused = exp.update(path, info.key, chapter_rows, prov)
             if updated:
                 console.print(f"updated {path}: {', '.join(updated)}", highlight=False)

@@ -11,3 +11,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_aisp_cache(tmp_path_factory):
+    """Measured ceilings are cached per test session, not in the developer's home folder."""
+    os.environ["AISP_CACHE_DIR"] = str(tmp_path_factory.mktemp("aisp_cache"))
+    yield

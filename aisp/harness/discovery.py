@@ -43,11 +43,13 @@ class Pair:
         return path.stem[len("optimized_"):]
 
 
-def chapters(root: Path = REPO_ROOT) -> list[str]:
+def chapters(root: Path | None = None) -> list[str]:
+    root = root or REPO_ROOT
     return sorted(p.name for p in root.iterdir() if p.is_dir() and _CHAPTER.match(p.name))
 
 
-def discover_pairs(chapter: str, root: Path = REPO_ROOT) -> list[Pair]:
+def discover_pairs(chapter: str, root: Path | None = None) -> list[Pair]:
+    root = root or REPO_ROOT
     folder = root / chapter
     if not folder.is_dir():
         raise TargetError(f"no chapter folder '{chapter}' under {root}; "
@@ -69,7 +71,7 @@ def discover_pairs(chapter: str, root: Path = REPO_ROOT) -> list[Pair]:
     return pairs
 
 
-def resolve_targets(spec: str, root: Path = REPO_ROOT) -> list[Pair]:
+def resolve_targets(spec: str, root: Path | None = None) -> list[Pair]:
     """Parse 'ch16', 'ch16:a', 'ch16:a,b' or several of these separated by spaces/semicolons."""
     if not spec or not spec.strip():
         raise TargetError("no target given; try 'ch16' or 'ch16:flash_sdp'")

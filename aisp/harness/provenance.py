@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aisp.hardware import HardwareInfo
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from aisp.harness.discovery import REPO_ROOT
 
 
 def git_sha(root: Path = REPO_ROOT) -> str:

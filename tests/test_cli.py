@@ -1,0 +1,92 @@
+"""The CLI as users call it: subprocesses from the repo root, and Typer's runner in-process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aisp.cli import app
+from aisp.harness import discovery
+
+from .harness.toy_chapter import write_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sh(*args, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_list_targets_through_python_m_cli():
+    r = _sh("-m", "cli.aisp", "bench", "list-targets", "--chapter", "ch16")
+    assert r.returncode == 0, r.stderr
+    assert "ch16:flash_sdp" in r.stdout.split()
+
+
+def test_compare_prints_the_verified_flash_row(tmp_path):
+    out = tmp_path / "r.json"
+    r = _sh("ch16/compare.py", "--profile", "none", "--iterations", "3", "--warmup", "1",
+            "--json", str(out), "--artifacts-dir", str(tmp_path / "art"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = next(l for l in r.stdout.splitlines() if "flash_sdp" in l)
+    assert "yes" in line and "x" in line
+    results = json.loads(out.read_text())
+    [row] = [x for x in results["rows"] if x["key"].startswith("flash_sdp")]
+    assert row["verified"] and len(row["optimized"]["timing"]["samples_ms"]) == 3
+    assert results["provenance"]["command"].startswith("ch16/compare.py")
+    assert list((tmp_path / "art").glob("*/report.md"))
+
+
+def test_bad_flags_are_errors_not_ignored():
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "run", "--targets", "ch16:nope"])
+    assert r.exit_code == 2 and "available: ch16:flash_sdp" in r.output
+    r = runner.invoke(app, ["bench", "run", "--targets", "ch16", "--profile", "loud"])
+    assert r.exit_code == 2 and "unknown profile 'loud'" in r.output
+    r = runner.invoke(app, ["bench", "run", "--targets", "ch16", "--iterations", "0"])
+    assert r.exit_code == 2
+
+
+def test_hw_json():
+    r = CliRunner().invoke(app, ["hw", "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["hardware"]["key"] == "cpu" and data["ceilings"]["copy_bytes_per_s"] > 0
+
+
+@pytest.fixture
+def toy_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(discovery, "REPO_ROOT", tmp_path)
+    return tmp_path
+
+
+def test_update_expectations_then_compare_and_refuse_failed(toy_root, tmp_path):
+    write_pair(toy_root, "ch90", "mm", "lambda a, x: (a.double() @ x.double()).float()",
+               {"": "lambda a, x: a @ x"})
+    runner = CliRunner()
+    args = ["bench", "run", "--targets", "ch90", "--device", "cpu", "--artifacts-dir",
+            str(tmp_path / "art")]
+    r = runner.invoke(app, args + ["--update-expectations"])
+    assert r.exit_code == 0, r.output
+    exp_file = toy_root / "ch90" / "expectations_cpu.json"
+    entry = json.loads(exp_file.read_text())["pairs"]["mm"]
+    assert entry["workload"] == {"n": 64, "dtype": "float32"} and entry["provenance"]["git_sha"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "new" not in r.output.split("mm", 1)[1].splitlines()[0]
+
+    # Now the optimized side is wrong: the run fails, and the file is left alone.
+    write_pair(toy_root, "ch90", "mm", "lambda a, x: a @ x", {"": "lambda a, x: -(a @ x)"})
+    before = exp_file.read_text()
+    r = runner.invoke(app, args + ["--update-expectations"])
+    assert r.exit_code == 1 and "not updated" in r.output
+    assert exp_file.read_text() == before
+
+    exp_file.write_text("{oops")
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and str(exp_file) in r.output.replace("\n", "")
