@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -156,7 +157,7 @@ def bench_run(
     console.print(render_table(results))
     for row in rows:
         if row.error:
-            console.print(f"[red]{row.key}:[/] {row.error}", highlight=False)
+            console.print(f"[red]{escape(row.key)}:[/] {escape(row.error)}", highlight=False)
     if update_expectations:
         from aisp.harness import discovery
 
@@ -170,10 +171,10 @@ def bench_run(
             path = exp.expectations_path(discovery.REPO_ROOT / chapter, info.key)
             updated, refused = exp.update(path, info.key, chapter_rows, prov)
             if updated:
-                console.print(f"updated {path}: {', '.join(updated)}", highlight=False)
+                console.print(escape(f"updated {path}: {', '.join(updated)}"), highlight=False)
             if refused:
                 console.print(f"[yellow]not updated (unverified or failed):[/] "
-                              f"{', '.join(refused)}", highlight=False)
+                              f"{escape(', '.join(refused))}", highlight=False)
     console.print(f"results: {paths['results']}  report: {paths['report']}", highlight=False)
     if any(not r.verified or r.error for r in rows):
         raise typer.Exit(1)

@@ -24,6 +24,8 @@ from aisp.harness.benchmark import Benchmark
 from aisp.harness.memory import MemoryProbe
 
 PROFILE_MODES = ("none", "minimal", "full")
+# Rows the profiler adds about itself (CUPTI buffer management), not work of the benchmark.
+_PROFILER_OVERHEAD = ("Activity Buffer Request", "ProfilerStep")
 
 # First match wins; attention precedes GEMM because fused attention kernels contain GEMMs.
 _CATEGORIES: list[tuple[str, re.Pattern]] = [
@@ -60,7 +62,7 @@ def summarize(prof: Any, device: torch.device, top: int = 10) -> dict[str, Any]:
         if device.type == "cuda":
             t = _device_time_us(evt)
             # Kernel and memcpy rows carry device self-time; operator rows only inherit it.
-            if t > 0 and not evt.key.startswith("aten::"):
+            if t > 0 and not evt.key.startswith(("aten::",) + _PROFILER_OVERHEAD):
                 rows.append((evt.key, t, evt.count))
         elif evt.key.startswith("aten::") and evt.self_cpu_time_total > 0:
             rows.append((evt.key, float(evt.self_cpu_time_total), evt.count))

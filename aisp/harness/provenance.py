@@ -6,6 +6,7 @@ everything aisp writes to disk carries this record (STYLE.md #12).
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -18,12 +19,17 @@ from aisp.harness.discovery import REPO_ROOT
 
 
 def git_sha(root: Path = REPO_ROOT) -> str:
-    """HEAD's sha, suffixed '-dirty' when tracked files differ; 'unknown' outside a checkout."""
+    """HEAD's sha, suffixed '-dirty' when tracked files differ.
+
+    Outside a checkout with history (a copied tree on a remote GPU machine), AISP_GIT_SHA names
+    the commit the copy was made from; otherwise 'unknown'.
+    """
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+        r = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root,
+                           capture_output=True, text=True, timeout=10)
+        sha = r.stdout.strip() if r.returncode == 0 else ""
         if not sha:
-            return "unknown"
+            return os.environ.get("AISP_GIT_SHA", "unknown")
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
@@ -32,10 +38,20 @@ def git_sha(root: Path = REPO_ROOT) -> str:
 
 
 def command_line() -> str:
+    """The command as the user would retype it (module runs shown as `python -m ...`)."""
     argv = list(sys.argv)
-    if argv and argv[0].endswith("__main__.py"):
-        argv[0] = "python -m " + Path(argv[0]).parent.name
-    return " ".join(shlex.quote(a) for a in argv)
+    if argv:
+        head = Path(argv[0])
+        if head.name == "__main__.py":
+            argv[0] = "python -m " + head.parent.name
+        elif head.parts[-2:] == ("cli", "aisp.py"):
+            argv[0] = "python -m cli.aisp"
+        elif head.is_absolute():
+            try:
+                argv[0] = "python " + str(head.relative_to(REPO_ROOT))
+            except ValueError:
+                pass
+    return " ".join(argv[:1] + [shlex.quote(a) for a in argv[1:]])
 
 
 def provenance(info: HardwareInfo, command: str | None = None) -> dict[str, Any]:

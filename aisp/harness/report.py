@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from aisp.hardware import Ceilings, HardwareInfo
@@ -99,7 +100,7 @@ def render_table(results: dict[str, Any]) -> Table:
         table.add_column(h, justify="left" if h in ("pair", "vs expected") else "right",
                          no_wrap=h == "pair")
     for row in results["rows"]:
-        cells = _row_cells(row)
+        cells = [escape(c) for c in _row_cells(row)]
         style = _VERDICT_STYLE.get(row["verdict"]["status"], "")
         cells[-1] = f"[{style}]{cells[-1]}[/]" if style else cells[-1]
         if not row["verified"]:
@@ -162,13 +163,13 @@ def render_profile_summaries(results: dict[str, Any]) -> list[Table]:
             prof = row[role].get("profile") or {}
             if not prof.get("top"):
                 continue
-            t = Table(title=f"{row['key']} {role}: top by {prof['time_basis']}",
+            t = Table(title=escape(f"{row['key']} {role}: top by {prof['time_basis']}"),
                       title_justify="left")
             for h in ("kernel / op", "category", "calls", "time us", "share"):
                 t.add_column(h, justify="left" if h in ("kernel / op", "category") else "right")
             for k in prof["top"][:8]:
                 name = k["name"] if len(k["name"]) <= 70 else k["name"][:67] + "..."
-                t.add_row(name, k["category"], str(k["calls"]), f"{k['total_us']:.1f}",
+                t.add_row(escape(name), k["category"], str(k["calls"]), f"{k['total_us']:.1f}",
                           f"{k['fraction']:.0%}")
             cats = ", ".join(f"{c} {v['fraction']:.0%}" for c, v in prof["by_category"].items())
             alloc = prof.get("allocator") or {}

@@ -208,6 +208,9 @@ def measure_side(bench: Benchmark, module: str, *, seed: int, options: RunOption
                                                  f"{row_key}_{module}", target)
         finally:
             bench.teardown()
+            # Hand the side's cached blocks back, so the next side's allocator numbers
+            # (reserved memory, fragmentation) describe that side alone.
+            _free_device_memory(device)
     except Exception as e:  # noqa: BLE001 - a failing target is reported, the run goes on
         side.error = _error_text(e)
         progress.side_finished()
