@@ -1,0 +1,92 @@
+"""`EngineConfig`: everything that shapes one engine, frozen and validated at construction.
+
+Every field is a switch of the one data path (STYLE.md #13): the attention kernels, the KV
+cache size, the scheduler's budgets. `from_dict` rejects unknown keys, listing the valid names,
+so a misspelt option is an error rather than a silently ignored flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "tiny"                      # preset name or HF model folder
+    device: str | None = None                # None: cuda if available, else cpu
+    dtype: str = "auto"                      # auto: bf16 on GPUs that have it, float32 on CPU
+    seed: int = 0                            # weights of synthetic presets; default sampling
+    block_size: int = 16                     # tokens per KV block
+    num_kv_blocks: int | None = None         # explicit KV cache size; overrides the two below
+    kv_cache_memory_fraction: float = 0.85   # GPU: of the memory free after weights
+    cpu_kv_cache_bytes: int = 512 << 20      # CPU: KV cache budget
+    max_model_len: int | None = None         # None: the model's context (capped to fit the cache)
+    max_num_batched_tokens: int = 2048       # token budget per step
+    max_num_seqs: int = 256                  # requests running at once
+    policy: str = "fcfs"                     # fcfs | priority
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    attention_kernels: str = "auto"          # auto | triton | torch (reference twins)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype '{self.dtype}' unknown; choose one of {', '.join(DTYPES)}")
+        if self.attention_kernels not in ("auto", "triton", "torch"):
+            raise ValueError(f"attention_kernels '{self.attention_kernels}' unknown; choose auto, "
+                             f"triton or torch")
+        for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} is {value!r}; it must be a positive integer")
+        for name in ("num_kv_blocks", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} is {value!r}; it must be a positive integer or None")
+        if not 0 < self.kv_cache_memory_fraction <= 1:
+            raise ValueError(f"kv_cache_memory_fraction is {self.kv_cache_memory_fraction}; it must "
+                             f"lie in (0, 1]")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EngineConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown engine option(s) {unknown}; valid names are {names}")
+        return cls(**values)
+
+    def resolve_device(self) -> torch.device:
+        if self.device:
+            if self.device.startswith("cuda") and not torch.cuda.is_available():
+                raise RuntimeError(f"device '{self.device}' was asked for but torch sees no GPU; "
+                                   f"use device='cpu'")
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+
+    def resolve_kernels(self, device: torch.device, head_dim: int) -> str:
+        """Triton on a GPU; on the CPU the torch twins (the interpreter is for tests only).
+
+        The Triton decode kernel tiles head_dim with tl.dot, so it needs a power of two >= 16;
+        `auto` falls back to the twins for other models, an explicit 'triton' is an error.
+        """
+        supported = head_dim >= 16 and head_dim & (head_dim - 1) == 0
+        if self.attention_kernels == "triton" and not supported:
+            raise ValueError(f"attention_kernels='triton' needs head_dim to be a power of two "
+                             f">= 16, but this model's head_dim is {head_dim}; use 'auto' or "
+                             f"'torch'")
+        if self.attention_kernels != "auto":
+            return self.attention_kernels
+        return "triton" if device.type == "cuda" and supported else "torch"

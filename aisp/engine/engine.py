@@ -1,0 +1,226 @@
+"""`LLMEngine`: requests in, tokens out, one step at a time.
+
+    step():  plan = scheduler.schedule()          who runs, with how many tokens
+             sampled = runner.execute(plan)        one forward pass, one token per finished chunk
+             result = scheduler.update_from_output(plan, sampled)
+
+Everything else (stop strings, outputs, stats) is bookkeeping around those three calls. The
+offline `generate()`, the server, the benchmarks and the load test all drive this same loop, so
+an optimization is a switch in `EngineConfig`, never a second code path.
+
+Per-request timestamps (arrival, first scheduled, first token, every token, finish) live on the
+`Request` and are copied into each `RequestOutput`; per-step numbers are a `StepStats` that
+listeners (metrics, load tests) receive without reaching into the scheduler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from aisp.engine.block_manager import BlockManager
+from aisp.engine.config import EngineConfig
+from aisp.engine.kv_cache import KVCache, KVCacheSpec
+from aisp.engine.model_runner import ModelRunner
+from aisp.engine.request import Request, RequestStatus
+from aisp.engine.sampling_params import SamplingParams
+from aisp.engine.scheduler import Scheduler, SchedulerConfig, SchedulerStats
+from aisp.model.presets import resolve_model
+
+
+@dataclass(frozen=True)
+class RequestMetrics:
+    arrival_time: float
+    first_scheduled_time: float | None
+    first_token_time: float | None
+    token_times: tuple[float, ...]
+    finished_time: float | None
+    num_cached_tokens: int
+    num_preemptions: int
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def e2e(self) -> float | None:
+        return None if self.finished_time is None else self.finished_time - self.arrival_time
+
+    @property
+    def tpot(self) -> float | None:
+        """(E2E − TTFT) / (output tokens − 1): vLLM's definition; None below two tokens."""
+        n = len(self.token_times)
+        if n < 2 or self.first_token_time is None:
+            return None
+        return (self.token_times[-1] - self.first_token_time) / (n - 1)
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    new_token_ids: tuple[int, ...]       # produced by this step
+    output_token_ids: tuple[int, ...]    # everything so far
+    finished: bool
+    finish_reason: str | None            # stop | length | abort
+    stop_reason: int | str | None
+    text: str | None                     # detokenized output, set when finished
+    metrics: RequestMetrics
+
+
+@dataclass(frozen=True)
+class StepStats:
+    scheduler: SchedulerStats
+    num_scheduled_requests: int
+    num_scheduled_tokens: int
+    num_generated_tokens: int
+    step_time_s: float
+    finished_request_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        self.device = config.resolve_device()
+        self.dtype = config.resolve_dtype(self.device)
+        source = resolve_model(config.model)
+        self.model, self.model_config = source.load(self.device, self.dtype, config.seed)
+        try:
+            self.tokenizer = source.tokenizer()
+        except FileNotFoundError:
+            self.tokenizer = None  # a weights-only folder still serves token-id prompts
+        mc = self.model_config
+        spec = KVCacheSpec(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
+                           config.block_size, self.dtype)
+        self.kv_cache = self._allocate_kv_cache(spec)
+        self.max_model_len = config.max_model_len or min(mc.max_model_len,
+                                                         self.kv_cache.capacity_tokens)
+        if self.max_model_len > self.kv_cache.capacity_tokens:
+            raise ValueError(f"max_model_len {self.max_model_len:,} exceeds the KV cache's "
+                             f"{self.kv_cache.capacity_tokens:,} tokens; lower max_model_len or "
+                             f"give the cache more memory")
+        if self.max_model_len > mc.max_model_len:
+            raise ValueError(f"max_model_len {self.max_model_len:,} exceeds the model's context "
+                             f"of {mc.max_model_len:,} tokens")
+        self.block_manager = BlockManager(self.kv_cache.num_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        eos = set(self.tokenizer.eos_token_ids if self.tokenizer else ()) | set(mc.eos_token_ids or ())
+        self.scheduler = Scheduler(
+            SchedulerConfig(max_num_batched_tokens=config.max_num_batched_tokens,
+                            max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,
+                            policy=config.policy,
+                            enable_chunked_prefill=config.enable_chunked_prefill),
+            self.block_manager, eos_token_ids=eos)
+        self.runner = ModelRunner(self.model, self.kv_cache, self.device,
+                                  config.resolve_kernels(self.device, mc.head_dim))
+        self.step_listeners: list[Callable[[StepStats], None]] = []
+        self._ids = itertools.count()
+        torch.manual_seed(config.seed)
+
+    def _allocate_kv_cache(self, spec: KVCacheSpec) -> KVCache:
+        cfg = self.config
+        if cfg.num_kv_blocks is not None:
+            return KVCache(spec, cfg.num_kv_blocks, self.device)
+        min_len = cfg.max_model_len or cfg.block_size
+        if self.device.type == "cuda":
+            return KVCache.from_memory(spec, max_model_len=min_len, device=self.device,
+                                       memory_fraction=cfg.kv_cache_memory_fraction)
+        return KVCache.from_memory(spec, max_model_len=min_len, device=self.device,
+                                   budget_bytes=cfg.cpu_kv_cache_bytes)
+
+    # -- requests --------------------------------------------------------------------------------
+    def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+                    request_id: str | None = None, priority: int = 0,
+                    arrival_time: float | None = None) -> str:
+        """Queue a request; raises ValueError (with the numbers) if it can never be served."""
+        params = params or SamplingParams()
+        if self.tokenizer is None and (isinstance(prompt, str) or params.stop):
+            raise ValueError(f"model '{self.config.model}' has no tokenizer.json, so text prompts "
+                             f"and stop strings cannot be used; pass prompt token ids")
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the model's vocabulary "
+                             f"of {vocab:,}")
+        rid = request_id or f"req-{next(self._ids)}"
+        req = Request(rid, tuple(ids), params, priority=priority,
+                      **({"arrival_time": arrival_time} if arrival_time is not None else {}))
+        self.scheduler.add_request(req)
+        return rid
+
+    def abort(self, request_ids: Iterable[str]) -> list[str]:
+        """Abort and free at once; unknown or finished ids are ignored."""
+        return [r.request_id for r in self.scheduler.abort(request_ids)]
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # -- the loop --------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
+        plan = self.scheduler.schedule()
+        sampled = self.runner.execute(plan)
+        result = self.scheduler.update_from_output(plan, sampled)
+
+        # Requests that got a token this step, captured before any is stopped below.
+        touched = {rid: self.scheduler.get_request(rid) for rid in result.new_token_ids}
+        touched.update({r.request_id: r for r in result.finished_requests})
+        self._apply_stop_strings(touched.values())
+        outputs = [self._output(touched[rid], new) for rid, new in result.new_token_ids.items()]
+        stats = StepStats(plan.stats, len(plan.scheduled_requests),
+                          plan.total_num_scheduled_tokens, len(result.new_token_ids),
+                          time.perf_counter() - t0,
+                          tuple(sorted(rid for rid, r in touched.items() if r.is_finished)))
+        for listener in self.step_listeners:
+            listener(stats)
+        return outputs
+
+    def _apply_stop_strings(self, requests: Iterable[Request]) -> None:
+        """Stop strings need text: decode only the live requests that asked for them."""
+        for req in requests:
+            if req.is_finished or not req.sampling_params.stop:
+                continue
+            text = self.tokenizer.decode(req.output_token_ids)
+            hit = next((s for s in req.sampling_params.stop if s in text), None)
+            if hit is not None:
+                self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED,
+                                              stop_reason=hit)
+
+    def _output(self, req: Request, new: tuple[int, ...]) -> RequestOutput:
+        text = None
+        if req.is_finished and self.tokenizer is not None:
+            text = self.tokenizer.decode(req.output_token_ids)
+            if isinstance(req.stop_reason, str) and req.stop_reason in text:
+                text = text[:text.index(req.stop_reason)]
+        return RequestOutput(
+            request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
+            new_token_ids=tuple(new), output_token_ids=tuple(req.output_token_ids),
+            finished=req.is_finished, finish_reason=req.finish_reason,
+            stop_reason=req.stop_reason, text=text,
+            metrics=RequestMetrics(req.arrival_time, req.first_scheduled_time,
+                                   req.first_token_time, tuple(req.token_times),
+                                   req.finished_time, req.num_cached_tokens, req.num_preemptions))
+
+    def generate(self, prompts: Sequence[str | Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 on_output: Callable[[RequestOutput], None] | None = None) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in prompt order. `on_output` sees every step's
+        outputs (progress bars, streaming)."""
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished_requests():
+            for out in self.step():
+                if on_output is not None:
+                    on_output(out)
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[i] for i in ids]
