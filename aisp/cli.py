@@ -182,6 +182,137 @@ def bench_run(
         raise typer.Exit(3)
 
 
+model_app = typer.Typer(no_args_is_help=True, help="Synthetic models and model folders.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("save-synthetic")
+def save_synthetic_command(
+    preset: str = typer.Argument(..., help="tiny, llama-3.2-1b, llama-3-8b, qwen3-0.6b, ..."),
+    out_dir: Path = typer.Argument(..., help="Folder to write (HF layout)."),
+    seed: int = typer.Option(0, "--seed", help="Weight seed."),
+) -> None:
+    """Write a preset with random weights as an HF folder (config, safetensors, tokenizer)."""
+    from aisp.model.presets import PRESETS, save_synthetic
+
+    if preset not in PRESETS:
+        console.print(f"[red]error:[/] unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
+        raise typer.Exit(2)
+    save_synthetic(preset, out_dir, seed=seed)
+    files = ", ".join(sorted(p.name for p in out_dir.iterdir()))
+    console.print(escape(f"wrote {preset} to {out_dir}: {files}"), highlight=False)
+
+
+@app.command("generate")
+def generate_command(
+    model: str = typer.Option("tiny", "--model", help="Preset name or HF model folder."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
+    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", min=1,
+                                              help="Random-token prompts instead of --prompt."),
+    input_len: int = typer.Option(128, "--input-len", min=1, help="Tokens per random prompt."),
+    output_len: int = typer.Option(64, "--output-len", min=1, help="max_tokens per request."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: int = typer.Option(0, "--seed", help="Weights of presets, prompts, sampling."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Always produce output-len tokens."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16, bfloat16."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
+    max_num_batched_tokens: int = typer.Option(2048, "--max-num-batched-tokens", min=1),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=1),
+    block_size: int = typer.Option(16, "--block-size", min=1),
+    num_kv_blocks: Optional[int] = typer.Option(None, "--num-kv-blocks", min=1),
+    no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching"),
+    attention_kernels: str = typer.Option("auto", "--attention-kernels",
+                                          help="auto, triton or torch."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write summary + outputs here."),
+) -> None:
+    """Offline generation through the engine, with a progress bar and a throughput summary."""
+    import time
+
+    from aisp.engine.config import EngineConfig
+    from aisp.engine.engine import LLMEngine
+    from aisp.engine.offline import random_prompts, summarize
+    from aisp.engine.sampling_params import SamplingParams
+
+    if bool(prompt) == bool(num_prompts):
+        console.print("[red]error:[/] give either --prompt (one or more) or --num-prompts")
+        raise typer.Exit(2)
+    try:
+        cfg = EngineConfig(model=model, device=device, dtype=dtype, seed=seed,
+                           block_size=block_size, num_kv_blocks=num_kv_blocks,
+                           max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                           max_num_batched_tokens=max_num_batched_tokens,
+                           enable_prefix_caching=not no_prefix_caching,
+                           attention_kernels=attention_kernels)
+        params = SamplingParams(max_tokens=output_len, temperature=temperature, top_p=top_p,
+                                top_k=top_k, seed=seed if temperature > 0 else None,
+                                ignore_eos=ignore_eos)
+        with console.status(f"loading {model}..."):
+            engine = LLMEngine(cfg)
+        prompts = list(prompt) if prompt else random_prompts(
+            num_prompts, input_len, engine.model_config.vocab_size, seed,
+            avoid=engine.scheduler.eos_token_ids)
+    except (ValueError, RuntimeError) as e:
+        console.print(f"[red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2)
+    console.print(escape(f"{model} on {engine.device} ({str(engine.dtype).replace('torch.', '')}),"
+                         f" {engine.kv_cache!r}, max_model_len {engine.max_model_len:,}"),
+                  highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("generating", total=len(prompts))
+        t0 = time.perf_counter()
+        try:
+            outputs = engine.generate(
+                prompts, params,
+                on_output=lambda o: progress.advance(task) if o.finished else None)
+        except ValueError as e:
+            console.print(f"[red]error:[/] {escape(str(e))}")
+            raise typer.Exit(2)
+        wall = time.perf_counter() - t0
+    summary = summarize(outputs, wall)
+    if prompt:
+        for p, o in zip(prompts, outputs):
+            console.print(f"[bold]{escape(p)!s}[/]{escape(o.text or '')}  "
+                          f"[dim]({len(o.output_token_ids)} tokens, {o.finish_reason})[/]")
+    t = Table(title="generate summary", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:,.2f}"  # noqa: E731
+    t.add_row("requests", str(summary.num_requests))
+    t.add_row("input tokens / s", fmt(summary.input_tokens_per_s))
+    t.add_row("output tokens / s", fmt(summary.output_tokens_per_s))
+    t.add_row("TTFT median ms", fmt(summary.ttft_median_ms))
+    t.add_row("TPOT median ms", fmt(summary.tpot_median_ms))
+    t.add_row("E2E median ms", fmt(summary.e2e_median_ms))
+    t.add_row("wall s", fmt(summary.wall_s))
+    t.add_row("requests preempted", str(summary.num_preempted_requests))
+    console.print(t)
+    if json_path:
+        json_path.write_text(json.dumps({"summary": summary.to_dict(), "config": cfg.__dict__,
+                                         "outputs": [{"request_id": o.request_id,
+                                                      "output_token_ids": o.output_token_ids,
+                                                      "text": o.text,
+                                                      "finish_reason": o.finish_reason}
+                                                     for o in outputs]}, indent=2) + "\n")
+
+
+def run_pair_main(pair_file: str, argv: list[str]) -> None:
+    """`python ch16/optimized_X.py [bench run flags]`: run that one pair and print the
+    comparison with its baseline, exactly as `aisp bench run --targets ch16:X` would."""
+    path = Path(pair_file).resolve()
+    name = path.stem.split("_", 1)[1]
+    from aisp.harness.discovery import discover_pairs
+
+    pair = next((p for p in discover_pairs(path.parent.name)
+                 if p.name == name or path in p.optimized), None)
+    if pair is None:
+        raise SystemExit(f"{path.name} is not part of a baseline/optimized pair")
+    main(["bench", "run", "--targets", pair.target, *argv], prog_name=path.name)
+
+
 def main(argv: list[str] | None = None, prog_name: str = "aisp") -> None:
     app(args=argv, prog_name=prog_name)
 

@@ -5,9 +5,20 @@ with S² and its time goes to moving scores through memory. The workload (shapes
 reference) lives in aisp.workloads.prefill_attention and is shared with optimized_flash_sdp.py.
 """
 
-from aisp.kernels.attention import NaiveCausalAttention
-from aisp.workloads.prefill_attention import prefill_attention_benchmarks
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aisp.kernels.attention import NaiveCausalAttention  # noqa: E402
+from aisp.workloads.prefill_attention import prefill_attention_benchmarks  # noqa: E402
 
 
 def get_benchmark():
     return prefill_attention_benchmarks(NaiveCausalAttention, "baseline_flash_sdp")
+
+
+if __name__ == "__main__":
+    from aisp.cli import run_pair_main
+
+    run_pair_main(__file__, sys.argv[1:])

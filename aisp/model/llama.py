@@ -1,0 +1,156 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over a flattened batch of tokens.
+
+Contract:
+- `LlamaForCausalLM(config, dtype)` builds the module tree; `LlamaForCausalLM.empty(config,
+  device, dtype)` builds it directly on `device` with uninitialised weights (no CPU float32
+  detour), for the loader and the synthetic presets to fill in place.
+- `forward(input_ids [T], positions [T], attn) -> hidden [T, hidden_size]`: T tokens of any
+  number of sequences, flattened; `positions` gives each token's position in its own sequence;
+  `attn` (an `AttentionBackend`) decides which tokens attend to which and owns any KV cache.
+- `compute_logits(hidden [n, hidden_size]) -> [n, vocab_size]` in float32; callers pass only the
+  rows they sample from (usually the last token of each sequence), which keeps the vocab-sized
+  GEMM small.
+- Parameter names (what the loader fills): embed_tokens, layers.N.input_layernorm,
+  layers.N.self_attn.{qkv_proj, o_proj, q_norm, k_norm}, layers.N.post_attention_layernorm,
+  layers.N.mlp.{gate_up_proj, down_proj}, norm, lm_head (absent when tied: logits then use
+  embed_tokens.weight). qkv_proj rows are [q | k | v]; gate_up_proj rows are [gate | up].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aisp.model.attention_backend import AttentionBackend
+from aisp.model.config import ModelConfig
+from aisp.model.rope import RotaryEmbedding, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back before the weight, exactly as HF's LlamaRMSNorm."""
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class LlamaAttention(nn.Module):
+    """Fused qkv projection, optional per-head q/k RMSNorm (Qwen3), RoPE, backend attention, o_proj."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size, self.kv_size = config.q_size, config.kv_size
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size,
+                                  bias=config.attention_bias, dtype=dtype)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias, dtype=dtype)
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn: AttentionBackend) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # Qwen3 normalises each head before RoPE
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = attn.forward(self.layer_idx, q, k, v)
+        return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    """SiLU-gated MLP with gate and up fused into one GEMM: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False, dtype=dtype)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = LlamaAttention(config, layer_idx, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = LlamaMLP(config, dtype)
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn: AttentionBackend) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, attn)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaForCausalLM(nn.Module):
+    """The whole decoder plus LM head; see the module docstring for the forward contract."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, dtype) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        # The cache covers max_model_len, not max_position_embeddings, when a sliding window caps
+        # the context (config.max_model_len explains why).
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_model_len, config.rope_theta,
+                                         config.rope_scaling)
+        # Tied models keep one matrix: no lm_head parameter, so nothing can untie it (to_empty,
+        # load_state_dict) and the checkpoint has one tensor to fill.
+        self.lm_head: nn.Linear | None = None
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+
+    @classmethod
+    def empty(cls, config: ModelConfig, device: torch.device | str, dtype: torch.dtype) -> LlamaForCausalLM:
+        """Uninitialised weights allocated straight on `device` in `dtype`; the rope cache is real.
+
+        Built on the meta device first so no init kernels run and no host copy is made; for an
+        8B model on a GPU this is the difference between seconds and minutes.
+        """
+        with torch.device("meta"):
+            model = cls(config, dtype=dtype)
+        model.to_empty(device=device)
+        model.rotary_emb.reset_cache()
+        # Inference only: no autograd graph even if a caller forgets inference_mode.
+        return model.requires_grad_(False).eval()
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
+        if input_ids.dim() != 1 or positions.shape != input_ids.shape:
+            raise ValueError(f"forward takes a flattened batch: input_ids and positions 1-D and of equal "
+                             f"length; got input_ids {tuple(input_ids.shape)}, positions {tuple(positions.shape)}")
+        hidden = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb.cos_sin(positions)  # shared by every layer
+        for layer in self.layers:
+            hidden = layer(hidden, cos, sin, attn)
+        return self.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, hidden_size] -> float32 logits [n, vocab_size]: the sampler's softmax wants full precision."""
+        return F.linear(hidden, self.lm_head_weight).float()
+
