@@ -1,0 +1,162 @@
+"""Offline throughput of the engine against HF transformers, and batch-1 decode, on one GPU.
+
+    python -m aisp.workloads.offline_throughput --model llama-3-8b [--json PATH]
+
+- engine: `num_prompts` random-token prompts of `input_len` tokens, `output_len` tokens each
+  (EOS ignored), all submitted at once; continuous batching does the rest.
+- HF: the same preset's shapes as a transformers model (random weights: throughput does not
+  depend on their values), eager attention with its dynamic cache, `generate` in batches of
+  `hf_batch`, exactly `output_len` new tokens per prompt.
+- batch 1: one request; tokens/s from the engine's TPOT, against the weight-bytes roofline
+  (every decode step reads all weights once: weight bytes / measured copy bandwidth).
+
+The engine's roofline fraction for the whole run: the floor is, per decode step, the weights
+plus the KV history read over the copy bandwidth, and 2 x params FLOPs per token over the matmul
+ceiling; prefill is counted as FLOPs. Both runs happen in one process, so the ratio is measured
+in one run on one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import torch
+
+from aisp.engine.config import EngineConfig
+from aisp.engine.engine import LLMEngine
+from aisp.engine.offline import random_prompts, summarize
+from aisp.engine.sampling_params import SamplingParams
+from aisp.hardware import ceilings, detect
+from aisp.model.presets import resolve_model
+
+
+def _free() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
+               max_num_seqs: int, kv_fraction: float) -> dict:
+    engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max_num_seqs,
+                                    kv_cache_memory_fraction=kv_fraction,
+                                    max_num_batched_tokens=8192))
+    mc = engine.model_config
+    vocab = mc.vocab_size
+    params = SamplingParams(max_tokens=output_len, temperature=0, ignore_eos=True)
+    engine.generate(random_prompts(4, input_len, vocab, seed=99), params)  # compile, warm up
+    steps = []
+    engine.step_listeners.append(steps.append)
+    prompts = random_prompts(num_prompts, input_len, vocab, seed=1)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    summary = summarize(outs, wall).to_dict()
+    summary["num_steps"] = len(steps)
+    summary["median_step_ms"] = sorted(s.step_time_s for s in steps)[len(steps) // 2] * 1e3
+    summary["max_batch"] = max(s.num_scheduled_requests for s in steps)
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    n_params = sum(p.numel() for p in engine.model.parameters())
+    kv_per_token = engine.kv_cache.spec.bytes_per_token
+    one = engine.generate(random_prompts(1, input_len, vocab, seed=2), params)[0]
+    del engine
+    _free()
+    return {"summary": summary, "weight_bytes": weight_bytes, "params": n_params,
+            "kv_bytes_per_token": kv_per_token, "batch1_tpot_ms": one.metrics.tpot * 1e3,
+            "batch1_tokens_per_s": 1.0 / one.metrics.tpot}
+
+
+def hf_run(model: str, num_prompts: int, input_len: int, output_len: int, batch: int) -> dict:
+    import transformers
+
+    cfg_dict = resolve_model(model).config.to_hf()
+    hf_cfg = transformers.AutoConfig.for_model(**cfg_dict)
+    with torch.device("cuda"):
+        hf = transformers.AutoModelForCausalLM.from_config(
+            hf_cfg, dtype=torch.bfloat16, attn_implementation="eager").eval()
+    prompts = torch.tensor(random_prompts(num_prompts, input_len, hf_cfg.vocab_size, seed=1),
+                           device="cuda")
+
+    def gen(ids: torch.Tensor, n: int) -> torch.Tensor:
+        with torch.no_grad():
+            return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                               min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+    gen(prompts[:batch], 8)  # warm up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    produced = 0
+    for i in range(0, num_prompts, batch):
+        out = gen(prompts[i:i + batch], output_len)
+        produced += (out.shape[1] - input_len) * out.shape[0]
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    del hf
+    _free()
+    return {"wall_s": wall, "output_tokens": produced, "output_tokens_per_s": produced / wall,
+            "batch": batch, "attn_implementation": "eager", "cache": "dynamic",
+            "transformers": transformers.__version__}
+
+
+def roofline(eng: dict, input_len: int, output_len: int, num_prompts: int, ceil) -> dict:
+    """Floor time of the engine run: weights + KV reads per decode step, FLOPs per token."""
+    s = eng["summary"]
+    kv_tokens_read = num_prompts * sum(input_len + t for t in range(1, output_len))
+    mem_s = (s["num_steps"] * eng["weight_bytes"] + kv_tokens_read * eng["kv_bytes_per_token"]) \
+        / ceil.copy_bytes_per_s
+    flop_s = 2.0 * eng["params"] * num_prompts * (input_len + output_len) / ceil.matmul_flops_per_s
+    floor = max(mem_s, flop_s)
+    batch1_floor_ms = eng["weight_bytes"] / ceil.copy_bytes_per_s * 1e3
+    return {"floor_s": floor, "memory_floor_s": mem_s, "compute_floor_s": flop_s,
+            "fraction": floor / s["wall_s"], "batch1_floor_ms": batch1_floor_ms,
+            "batch1_fraction": batch1_floor_ms / eng["batch1_tpot_ms"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--num-prompts", type=int, default=256)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--hf-batch", type=int, default=64)
+    ap.add_argument("--kv-fraction", type=float, default=0.5)
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    info = detect()
+    if info.device_type != "cuda":
+        raise SystemExit("offline_throughput compares GPU throughput; it needs a CUDA GPU")
+    ceil = ceilings(info)
+    eng = engine_run(a.model, a.num_prompts, a.input_len, a.output_len, a.max_num_seqs,
+                     a.kv_fraction)
+    roof = roofline(eng, a.input_len, a.output_len, a.num_prompts, ceil)
+    hf = None if a.no_hf else hf_run(a.model, a.num_prompts, a.input_len, a.output_len,
+                                     a.hf_batch)
+    s = eng["summary"]
+    print(f"{a.model} on {info.name}: {a.num_prompts} prompts x {a.input_len} in / "
+          f"{a.output_len} out")
+    print(f"  engine: {s['output_tokens_per_s']:,.0f} output tok/s, wall {s['wall_s']:.2f} s, "
+          f"{s['num_steps']} steps (median {s['median_step_ms']:.2f} ms, max batch "
+          f"{s['max_batch']}), roofline {roof['fraction']:.1%}")
+    if hf:
+        print(f"  HF transformers {hf['transformers']} (eager, batch {a.hf_batch}): "
+              f"{hf['output_tokens_per_s']:,.0f} output tok/s -> engine / HF = "
+              f"{s['output_tokens_per_s'] / hf['output_tokens_per_s']:.1f}x")
+    print(f"  batch 1: {eng['batch1_tokens_per_s']:,.1f} tok/s (TPOT {eng['batch1_tpot_ms']:.2f} "
+          f"ms; weight-bytes floor {roof['batch1_floor_ms']:.2f} ms = "
+          f"{roof['batch1_fraction']:.1%} of roofline)")
+    result = {"model": a.model, "args": vars(a), "hardware": info.to_dict(),
+              "ceilings": ceil.to_dict(), "engine": eng, "roofline": roof, "hf": hf}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
