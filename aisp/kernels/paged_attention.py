@@ -9,7 +9,8 @@ Contract:
       block_tables  int32 [num_seqs, max_blocks_per_seq]; entries past a sequence's
                     cdiv(context_len, block_size) blocks are never read (may hold garbage / -1)
       context_lens  int32 [num_seqs]; tokens in the cache including the current one
-                    (0 is allowed for padding rows of a graph batch and yields zeros)
+                    (0 is allowed for padding rows of a graph batch and yields zeros). Must be
+                    <= max_blocks_per_seq * block_size: not checked, that would need a host sync
       out           [num_seqs, num_q_heads, head_dim] in q's dtype; every element is written
 
     Kernel shape: one program per (sequence, kv head, split) handles the whole GQA group of q
@@ -239,7 +240,7 @@ def _check_decode_args(
         raise ValueError(f"context_lens must be [num_seqs={num_seqs}]; got {tuple(context_lens.shape)}")
     for name, t in (("block_tables", block_tables), ("context_lens", context_lens)):
         if t.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} must be int32; got {t.dtype}")
+            raise ValueError(f"{name} must be int32 (int64 also works); got {t.dtype}")
     devices = {t.device for t in (q, k_cache, v_cache, block_tables, context_lens)}
     if len(devices) != 1:
         raise ValueError(f"all attention tensors must be on one device; got {sorted(map(str, devices))}")

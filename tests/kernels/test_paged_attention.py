@@ -182,12 +182,13 @@ def test_decode_cuda_graph_capture_and_replay():
             fn()
         return graph, torch.cuda.memory_allocated() - before
 
-    # torch's capture itself keeps ~1 KB (seen on torch 2.11): compare with a capture of an in-place op.
-    _, capture_overhead = captured_bytes(lambda: out.zero_())
+    # torch's capture itself may keep ~1 KB (seen on torch 2.11, not for every graph): allow what a
+    # capture of a plain in-place op keeps; out (32 KB) or the workspace would be far more.
+    capture_overhead = captured_bytes(lambda: out.zero_())[1]
     graph, used = captured_bytes(
         lambda: paged_decode_attention(*args, out=out, num_splits=num_splits, workspace=ws)
     )
-    assert used == capture_overhead, f"decode allocated {used - capture_overhead} bytes during capture"
+    assert used <= capture_overhead, f"decode allocated {used - capture_overhead} bytes during capture"
     for new_lens in ([300, 2000, 64, 1500], [1, 1999, 63, 700]):
         lens.copy_(torch.tensor(new_lens, dtype=torch.int32))
         out.fill_(float("nan"))
