@@ -1,6 +1,8 @@
 """Memory behaviour of a timed region: peak footprint and allocator events.
 
-On a GPU the interesting events are the caching allocator's: device allocations (cudaMalloc)
+On a GPU the interesting events are the caching allocator's: allocation requests (every tensor
+a body creates: once warm, the cache serves them without cudaMalloc, so this is the count that
+shows churn), device allocations (cudaMalloc)
 and frees, allocation retries (the allocator had to free its cache and try again: the
 'page faults' of a paged-vs-contiguous comparison), and fragmentation = 1 - allocated/reserved.
 On the CPU the analogous signals are the process's page faults and its peak resident set.
@@ -26,6 +28,7 @@ class MemoryReport:
     device_type: str
     peak_bytes: int                 # GPU: peak allocated; CPU: peak resident set (VmHWM)
     transient_peak_bytes: int       # peak - bytes already in use at region start
+    allocations: int | None = None      # allocation requests served by the caching allocator
     device_allocs: int | None = None    # cudaMalloc calls during the region
     device_frees: int | None = None
     alloc_retries: int | None = None
@@ -94,6 +97,8 @@ class MemoryProbe:
             self.report = MemoryReport(
                 device_type="cuda", peak_bytes=peak,
                 transient_peak_bytes=max(0, peak - self._start_alloc),
+                allocations=_cuda_stat(end, "allocation.all.allocated")
+                - _cuda_stat(self._start, "allocation.all.allocated"),
                 device_allocs=_cuda_stat(end, "num_device_alloc", "segment.all.allocated")
                 - _cuda_stat(self._start, "num_device_alloc", "segment.all.allocated"),
                 device_frees=_cuda_stat(end, "num_device_free", "segment.all.freed")

@@ -190,6 +190,10 @@ def measure_side(bench: Benchmark, module: str, *, seed: int, options: RunOption
                 out.reference = optional_reference(bench)
             for _ in range(warmup):
                 bench.run()
+            # Drop what setup and autotuning cached, then let one run re-reserve only what the
+            # body needs: reserved memory and fragmentation then describe the steady state.
+            _free_device_memory(device)
+            bench.run()
             flusher = L2Flusher(device, info.l2_cache_bytes) \
                 if options.cold_l2 and device.type == "cuda" else None
             progress.side_started(f"{row_key} {module}", iterations)

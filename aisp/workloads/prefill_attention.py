@@ -75,8 +75,8 @@ class PrefillAttentionBenchmark:
         self.dtype = self.info.compute_dtype
         self.scale = 1.0 / math.sqrt(shape.head_dim)
         gpu = self.device.type == "cuda"
-        self._iterations = iterations or (30 if gpu else 10)
-        self._warmup = warmup if warmup is not None else (5 if gpu else 2)
+        self._iterations = iterations or (30 if gpu else 20)
+        self._warmup = warmup if warmup is not None else (5 if gpu else 3)
         self.inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._next = 0
 
