@@ -29,11 +29,12 @@ _PROFILER_OVERHEAD = ("Activity Buffer Request", "ProfilerStep")
 
 # First match wins; attention precedes GEMM because fused attention kernels contain GEMMs.
 _CATEGORIES: list[tuple[str, re.Pattern]] = [
-    ("attention", re.compile(r"flash|fmha|attention|attn|sdpa|paged", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|attn|sdpa|paged|_decode_kernel|"
+                             r"merge_splits", re.I)),
     ("GEMM", re.compile(r"gemm|matmul|\bmm\b|aten::mm|bmm|addmm|cutlass|xmma|cublas|nvjet|"
                         r"wgmma|linear|_scaled_mm", re.I)),
     ("norm", re.compile(r"norm", re.I)),
-    ("memcpy", re.compile(r"memcpy|memset|copy|contiguous|clone|cat\b|aten::cat|index_put|"
+    ("memcpy", re.compile(r"memcpy|memset|copy|store_kv|contiguous|clone|cat\b|aten::cat|index_put|"
                           r"gather|scatter", re.I)),
     ("elementwise", re.compile(r"elementwise|vectorized|reduce|softmax|exp|add|mul|div|sub|"
                                r"where|fill|masked|silu|gelu|tanh|triu|tril|to_copy|_to_copy|"

@@ -20,6 +20,9 @@ from .toy_chapter import write_pair
     ("Memcpy DtoD (Device -> Device)", "memcpy"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add>", "elementwise"),
     ("aten::_softmax", "elementwise"),
+    ("_decode_kernel", "attention"),
+    ("_merge_splits_kernel", "attention"),
+    ("_store_kv_kernel", "memcpy"),
     ("some_custom_thing", "other"),
 ])
 def test_categories(name, category):
