@@ -34,6 +34,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     attention_kernels: str = "auto"          # auto | triton | torch (reference twins)
+    decode_graphs: str = "auto"              # auto (cuda on a GPU, else off) | cuda | buffers | off
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -41,6 +42,9 @@ class EngineConfig:
         if self.attention_kernels not in ("auto", "triton", "torch"):
             raise ValueError(f"attention_kernels '{self.attention_kernels}' unknown; choose auto, "
                              f"triton or torch")
+        if self.decode_graphs not in ("auto", "cuda", "buffers", "off"):
+            raise ValueError(f"decode_graphs '{self.decode_graphs}' unknown; choose auto, cuda, "
+                             f"buffers (the padded graph inputs, run eagerly) or off")
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -75,6 +79,17 @@ class EngineConfig:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
+
+    def resolve_decode_graphs(self, device: torch.device, kernels: str) -> str:
+        """'cuda' captures graphs (needs a GPU and the Triton kernels: the torch twins sync the
+        host); 'buffers' runs the same padded static-buffer path eagerly; 'off' is plain eager."""
+        mode = self.decode_graphs
+        if mode == "auto":
+            return "cuda" if device.type == "cuda" and kernels == "triton" else "off"
+        if mode == "cuda" and (device.type != "cuda" or kernels != "triton"):
+            raise ValueError(f"decode_graphs='cuda' needs a CUDA device and the Triton kernels "
+                             f"(device {device}, kernels {kernels}); use 'auto', 'buffers' or 'off'")
+        return mode
 
     def resolve_kernels(self, device: torch.device, head_dim: int) -> str:
         """Triton on a GPU; on the CPU the torch twins (the interpreter is for tests only).

@@ -24,6 +24,7 @@ import torch
 
 from aisp.engine.block_manager import BlockManager
 from aisp.engine.config import EngineConfig
+from aisp.engine.cuda_graphs import DecodeGraphs
 from aisp.engine.kv_cache import KVCache, KVCacheSpec
 from aisp.engine.model_runner import ModelRunner
 from aisp.engine.request import Request, RequestStatus
@@ -115,8 +116,13 @@ class LLMEngine:
                             policy=config.policy,
                             enable_chunked_prefill=config.enable_chunked_prefill),
             self.block_manager, eos_token_ids=eos)
-        self.runner = ModelRunner(self.model, self.kv_cache, self.device,
-                                  config.resolve_kernels(self.device, mc.head_dim))
+        kernels = config.resolve_kernels(self.device, mc.head_dim)
+        graph_mode = config.resolve_decode_graphs(self.device, kernels)
+        graphs = None if graph_mode == "off" else DecodeGraphs(
+            self.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.device,
+            kernels, capture=graph_mode == "cuda")
+        self.runner = ModelRunner(self.model, self.kv_cache, self.device, kernels,
+                                  decode_graphs=graphs)
         self.step_listeners: list[Callable[[StepStats], None]] = []
         self._ids = itertools.count()
         torch.manual_seed(config.seed)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from aisp.engine.attention import AttentionMetadata, PagedAttention
+from aisp.engine.cuda_graphs import DecodeGraphs
 from aisp.engine.kv_cache import KVCache
 from aisp.engine.sampler import Sampler, make_generator
 from aisp.engine.scheduler import ScheduledRequest, SchedulerOutput
@@ -36,12 +37,14 @@ def _block_table(rows: Sequence[ScheduledRequest], device: torch.device) -> torc
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, device: torch.device,
-                 kernels: str = "triton", sampler: Sampler | None = None):
+                 kernels: str = "triton", sampler: Sampler | None = None,
+                 decode_graphs: DecodeGraphs | None = None):
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
         self.kernels = kernels
         self.sampler = sampler or Sampler()
+        self.decode_graphs = decode_graphs
         self.generators: dict[str, torch.Generator | None] = {}
 
     def build_metadata(self, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest]
@@ -79,8 +82,13 @@ class ModelRunner:
             return {}
         decodes = [s for s in scheduled if s.is_decode]
         prefills = [s for s in scheduled if not s.is_decode]
-        input_ids, positions, meta = self.build_metadata(decodes, prefills)
-        hidden = self.model(input_ids, positions, PagedAttention(self.kv_cache, meta, self.kernels))
+        graphs = self.decode_graphs
+        if graphs is not None and not prefills and len(decodes) <= graphs.max_batch:
+            hidden = graphs.run(decodes)  # decode-only step: replay (see cuda_graphs.py)
+        else:
+            input_ids, positions, meta = self.build_metadata(decodes, prefills)
+            hidden = self.model(input_ids, positions,
+                                PagedAttention(self.kv_cache, meta, self.kernels))
 
         # The last token of each chunk that completes its sequence gives that request's logits.
         sampling: list[ScheduledRequest] = []

@@ -62,9 +62,10 @@ class Sampler:
                 torch.tensor([params[i].top_k for i in rows], device=dev),
                 torch.tensor([params[i].top_p for i in rows], device=dev),
                 torch.tensor([params[i].min_p for i in rows], device=dev))
-        noise = torch.empty_like(probs)
+        noise = torch.empty_like(probs).exponential_()  # unseeded rows: one draw for all
         for j, i in enumerate(rows):
-            noise[j].exponential_(generator=generators[i])
+            if generators[i] is not None:  # seeded rows: their own stream, batch-independent
+                noise[j].exponential_(generator=generators[i])
         choice = (probs / noise).argmax(dim=-1)
         out[idx] = choice
         return out
