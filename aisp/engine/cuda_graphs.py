@@ -106,9 +106,9 @@ class DecodeGraphs:
         if max(widths) > self.max_blocks:
             raise ValueError(f"a request holds {max(widths)} blocks; graphs were captured for "
                              f"{self.max_blocks} (max_model_len)")
-        table = torch.zeros(n, max(widths), dtype=torch.int32)
-        for i, s in enumerate(decodes):
-            table[i, :widths[i]] = torch.tensor(s.block_ids, dtype=torch.int32)
+        w = max(widths)
+        table = torch.tensor([list(s.block_ids) + [0] * (w - len(s.block_ids)) for s in decodes],
+                             dtype=torch.int32)
         host = torch.tensor([[s.token_ids[0], s.start_position,
                               s.block_ids[s.start_position // bs] * bs + s.start_position % bs,
                               s.start_position + 1] for s in decodes], dtype=torch.int64)

@@ -39,10 +39,12 @@ def _free() -> None:
 
 
 def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
-               max_num_seqs: int, kv_fraction: float) -> dict:
+               max_num_seqs: int, kv_fraction: float, decode_graphs: str = "auto") -> dict:
+    t_init = time.perf_counter()
     engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max_num_seqs,
                                     kv_cache_memory_fraction=kv_fraction,
-                                    max_num_batched_tokens=8192))
+                                    max_num_batched_tokens=8192, decode_graphs=decode_graphs))
+    init_s = time.perf_counter() - t_init
     mc = engine.model_config
     vocab = mc.vocab_size
     params = SamplingParams(max_tokens=output_len, temperature=0, ignore_eos=True)
@@ -65,7 +67,8 @@ def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
     one = engine.generate(random_prompts(1, input_len, vocab, seed=2), params)[0]
     del engine
     _free()
-    return {"summary": summary, "weight_bytes": weight_bytes, "params": n_params,
+    return {"summary": summary, "decode_graphs": decode_graphs, "init_s": init_s,
+            "weight_bytes": weight_bytes, "params": n_params,
             "kv_bytes_per_token": kv_per_token, "batch1_tpot_ms": one.metrics.tpot * 1e3,
             "batch1_tokens_per_s": 1.0 / one.metrics.tpot}
 
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hf-batch", type=int, default=64)
     ap.add_argument("--kv-fraction", type=float, default=0.5)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    ap.add_argument("--compare-eager", action="store_true",
+                    help="also run the engine with decode graphs off, in the same process")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     info = detect()
@@ -135,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     eng = engine_run(a.model, a.num_prompts, a.input_len, a.output_len, a.max_num_seqs,
                      a.kv_fraction)
     roof = roofline(eng, a.input_len, a.output_len, a.num_prompts, ceil)
+    eager = engine_run(a.model, a.num_prompts, a.input_len, a.output_len, a.max_num_seqs,
+                       a.kv_fraction, decode_graphs="off") if a.compare_eager else None
     hf = None if a.no_hf else hf_run(a.model, a.num_prompts, a.input_len, a.output_len,
                                      a.hf_batch)
     s = eng["summary"]
@@ -143,6 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  engine: {s['output_tokens_per_s']:,.0f} output tok/s, wall {s['wall_s']:.2f} s, "
           f"{s['num_steps']} steps (median {s['median_step_ms']:.2f} ms, max batch "
           f"{s['max_batch']}), roofline {roof['fraction']:.1%}")
+    if eager:
+        e = eager["summary"]
+        print(f"  engine, decode graphs off: {e['output_tokens_per_s']:,.0f} output tok/s "
+              f"(median step {e['median_step_ms']:.2f} ms, batch-1 TPOT "
+              f"{eager['batch1_tpot_ms']:.2f} ms) -> graphs gain "
+              f"{s['output_tokens_per_s'] / e['output_tokens_per_s']:.2f}x")
     if hf:
         print(f"  HF transformers {hf['transformers']} (eager, batch {a.hf_batch}): "
               f"{hf['output_tokens_per_s']:,.0f} output tok/s -> engine / HF = "
@@ -151,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"ms; weight-bytes floor {roof['batch1_floor_ms']:.2f} ms = "
           f"{roof['batch1_fraction']:.1%} of roofline)")
     result = {"model": a.model, "args": vars(a), "hardware": info.to_dict(),
-              "ceilings": ceil.to_dict(), "engine": eng, "roofline": roof, "hf": hf}
+              "ceilings": ceil.to_dict(), "engine": eng, "engine_eager": eager, "roofline": roof,
+              "hf": hf}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)
