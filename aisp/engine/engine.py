@@ -62,15 +62,19 @@ class RequestMetrics:
 
 @dataclass(frozen=True)
 class RequestOutput:
+    """One request's news from one step. Streams are deltas: `new_token_ids` every step; the
+    whole output, text and metrics only once finished (copying a growing history every step
+    would cost O(length) per request per step)."""
+
     request_id: str
-    prompt_token_ids: tuple[int, ...]
     new_token_ids: tuple[int, ...]       # produced by this step
-    output_token_ids: tuple[int, ...]    # everything so far
     finished: bool
-    finish_reason: str | None            # stop | length | abort
-    stop_reason: int | str | None
-    text: str | None                     # detokenized output, set when finished
-    metrics: RequestMetrics
+    finish_reason: str | None = None     # stop | length | abort
+    stop_reason: int | str | None = None
+    prompt_token_ids: tuple[int, ...] = ()   # set when finished
+    output_token_ids: tuple[int, ...] = ()   # set when finished
+    text: str | None = None              # detokenized output, set when finished
+    metrics: RequestMetrics | None = None    # set when finished
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class StepStats:
     num_generated_tokens: int
     step_time_s: float
     finished_request_ids: tuple[str, ...] = field(default_factory=tuple)
+    schedule_s: float = 0.0   # host: planning
+    execute_s: float = 0.0    # forward + sampling, up to the sampled ids reaching the host
+    update_s: float = 0.0     # host: appending tokens, stop checks, outputs
 
 
 class LLMEngine:
@@ -170,7 +177,9 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
         plan = self.scheduler.schedule()
+        t1 = time.perf_counter()
         sampled = self.runner.execute(plan)
+        t2 = time.perf_counter()
         result = self.scheduler.update_from_output(plan, sampled)
 
         # Requests that got a token this step, captured before any is stopped below.
@@ -178,10 +187,11 @@ class LLMEngine:
         touched.update({r.request_id: r for r in result.finished_requests})
         self._apply_stop_strings(touched.values())
         outputs = [self._output(touched[rid], new) for rid, new in result.new_token_ids.items()]
+        t3 = time.perf_counter()
         stats = StepStats(plan.stats, len(plan.scheduled_requests),
-                          plan.total_num_scheduled_tokens, len(result.new_token_ids),
-                          time.perf_counter() - t0,
-                          tuple(sorted(rid for rid, r in touched.items() if r.is_finished)))
+                          plan.total_num_scheduled_tokens, len(result.new_token_ids), t3 - t0,
+                          tuple(sorted(rid for rid, r in touched.items() if r.is_finished)),
+                          schedule_s=t1 - t0, execute_s=t2 - t1, update_s=t3 - t2)
         for listener in self.step_listeners:
             listener(stats)
         return outputs
@@ -198,16 +208,18 @@ class LLMEngine:
                                               stop_reason=hit)
 
     def _output(self, req: Request, new: tuple[int, ...]) -> RequestOutput:
+        if not req.is_finished:
+            return RequestOutput(req.request_id, tuple(new), False)
         text = None
-        if req.is_finished and self.tokenizer is not None:
+        if self.tokenizer is not None:
             text = self.tokenizer.decode(req.output_token_ids)
             if isinstance(req.stop_reason, str) and req.stop_reason in text:
                 text = text[:text.index(req.stop_reason)]
         return RequestOutput(
-            request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
-            new_token_ids=tuple(new), output_token_ids=tuple(req.output_token_ids),
-            finished=req.is_finished, finish_reason=req.finish_reason,
-            stop_reason=req.stop_reason, text=text,
+            request_id=req.request_id, new_token_ids=tuple(new), finished=True,
+            finish_reason=req.finish_reason, stop_reason=req.stop_reason,
+            prompt_token_ids=req.prompt_token_ids, output_token_ids=tuple(req.output_token_ids),
+            text=text,
             metrics=RequestMetrics(req.arrival_time, req.first_scheduled_time,
                                    req.first_token_time, tuple(req.token_times),
                                    req.finished_time, req.num_cached_tokens, req.num_preemptions))

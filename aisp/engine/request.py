@@ -49,7 +49,8 @@ class RequestStatus(enum.Enum):
 
     @property
     def is_finished(self) -> bool:
-        return self in _FINISH_REASONS
+        # Compared by name prefix, not a dict lookup: this runs for every request every step.
+        return self._value_.startswith("finished")
 
     @property
     def finish_reason(self) -> str | None:

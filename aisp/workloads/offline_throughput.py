@@ -61,6 +61,15 @@ def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
     summary["num_steps"] = len(steps)
     summary["median_step_ms"] = sorted(s.step_time_s for s in steps)[len(steps) // 2] * 1e3
     summary["max_batch"] = max(s.num_scheduled_requests for s in steps)
+    decode = [s for s in steps if s.num_scheduled_requests == s.num_scheduled_tokens
+              and s.num_scheduled_requests >= max_num_seqs // 2]
+    med = lambda xs: sorted(xs)[len(xs) // 2] * 1e3 if xs else None  # noqa: E731
+    summary["decode_step_ms"] = {"total": med([s.step_time_s for s in decode]),
+                                 "schedule": med([s.schedule_s for s in decode]),
+                                 "execute": med([s.execute_s for s in decode]),
+                                 "update": med([s.update_s for s in decode]),
+                                 "num_steps": len(decode)}
+    summary["gpu_decode_step_ms"] = _profile_decode_gpu_time(engine, prompts[:max_num_seqs], params)
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     n_params = sum(p.numel() for p in engine.model.parameters())
     kv_per_token = engine.kv_cache.spec.bytes_per_token
@@ -71,6 +80,33 @@ def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
             "weight_bytes": weight_bytes, "params": n_params,
             "kv_bytes_per_token": kv_per_token, "batch1_tpot_ms": one.metrics.tpot * 1e3,
             "batch1_tokens_per_s": 1.0 / one.metrics.tpot}
+
+
+def _profile_decode_gpu_time(engine: LLMEngine, prompts, params, steps: int = 5) -> dict:
+    """Device time of full-batch decode steps (torch.profiler), to split a step's wall time
+    into GPU work and host work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for p in prompts:
+        engine.add_request(p, params)
+    while any(r.num_computed_tokens < r.num_prompt_tokens
+              for r in engine.scheduler.requests.values()):
+        engine.step()  # through the prefills
+    engine.step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / steps
+    kernels = [(e.key, getattr(e, "self_device_time_total", 0.0)) for e in prof.key_averages()]
+    kernels = [(k, t) for k, t in kernels if t > 0 and not k.startswith("aten::")]
+    total_us = sum(t for _, t in kernels) / steps
+    top = sorted(kernels, key=lambda kt: -kt[1])[:8]
+    engine.abort(list(engine.scheduler.requests))
+    return {"wall_ms": wall * 1e3, "device_ms": total_us / 1e3,
+            "top_kernels_ms": [(k[:90], t / steps / 1e3) for k, t in top]}
 
 
 def hf_run(model: str, num_prompts: int, input_len: int, output_len: int, batch: int) -> dict:
@@ -150,6 +186,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  engine: {s['output_tokens_per_s']:,.0f} output tok/s, wall {s['wall_s']:.2f} s, "
           f"{s['num_steps']} steps (median {s['median_step_ms']:.2f} ms, max batch "
           f"{s['max_batch']}), roofline {roof['fraction']:.1%}")
+    d, g = s["decode_step_ms"], s["gpu_decode_step_ms"]
+    print(f"  full-batch decode step: {d['total']:.2f} ms = schedule {d['schedule']:.2f} + "
+          f"execute {d['execute']:.2f} + update {d['update']:.2f}; GPU busy {g['device_ms']:.2f} ms "
+          f"of {g['wall_ms']:.2f} ms (profiled)")
+    for name, ms in g["top_kernels_ms"][:5]:
+        print(f"      {ms:7.3f} ms  {name}")
     if eager:
         e = eager["summary"]
         print(f"  engine, decode graphs off: {e['output_tokens_per_s']:,.0f} output tok/s "
