@@ -85,6 +85,10 @@ class StepStats:
     num_generated_tokens: int
     step_time_s: float
     finished_request_ids: tuple[str, ...] = field(default_factory=tuple)
+    # State after the step (the scheduler's own stats describe the plan, before it ran).
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
     schedule_s: float = 0.0   # host: planning
     execute_s: float = 0.0    # forward + sampling, up to the sampled ids reaching the host
     update_s: float = 0.0     # host: appending tokens, stop checks, outputs
@@ -130,7 +134,9 @@ class LLMEngine:
             kernels, capture=graph_mode == "cuda")
         self.runner = ModelRunner(self.model, self.kv_cache, self.device, kernels,
                                   decode_graphs=graphs)
+        # Telemetry hooks: every step's stats, and every finished request's final output.
         self.step_listeners: list[Callable[[StepStats], None]] = []
+        self.finished_listeners: list[Callable[[RequestOutput], None]] = []
         self._ids = itertools.count()
         torch.manual_seed(config.seed)
 
@@ -167,8 +173,14 @@ class LLMEngine:
         return rid
 
     def abort(self, request_ids: Iterable[str]) -> list[str]:
-        """Abort and free at once; unknown or finished ids are ignored."""
-        return [r.request_id for r in self.scheduler.abort(request_ids)]
+        """Abort and free at once; unknown or finished ids are ignored. Finished listeners
+        see each aborted request (finish_reason 'abort')."""
+        aborted = self.scheduler.abort(request_ids)
+        for req in aborted:
+            out = self._output(req, ())
+            for listener in self.finished_listeners:
+                listener(out)
+        return [r.request_id for r in aborted]
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -191,9 +203,16 @@ class LLMEngine:
         stats = StepStats(plan.stats, len(plan.scheduled_requests),
                           plan.total_num_scheduled_tokens, len(result.new_token_ids), t3 - t0,
                           tuple(sorted(rid for rid, r in touched.items() if r.is_finished)),
+                          num_running=len(self.scheduler.running),
+                          num_waiting=len(self.scheduler.waiting),
+                          kv_cache_usage=self.block_manager.usage,
                           schedule_s=t1 - t0, execute_s=t2 - t1, update_s=t3 - t2)
         for listener in self.step_listeners:
             listener(stats)
+        for out in outputs:
+            if out.finished:
+                for listener in self.finished_listeners:
+                    listener(out)
         return outputs
 
     def _apply_stop_strings(self, requests: Iterable[Request]) -> None:
