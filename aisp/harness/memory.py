@@ -47,17 +47,10 @@ def _cuda_stat(stats: dict, *keys: str) -> int:
     return 0
 
 
-def _vm_hwm_bytes() -> int:
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmHWM: peak resident set, VmRSS: current), in bytes."""
     try:
-        m = re.search(r"VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
-        return int(m.group(1)) * 1024 if m else 0
-    except OSError:
-        return 0
-
-
-def _vm_rss_bytes() -> int:
-    try:
-        m = re.search(r"VmRSS:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+        m = re.search(rf"{field}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
         return int(m.group(1)) * 1024 if m else 0
     except OSError:
         return 0
@@ -84,7 +77,7 @@ class MemoryProbe:
             self._start_alloc = torch.cuda.memory_allocated(self.device)
         else:
             _reset_vm_hwm()
-            self._start_rss = _vm_rss_bytes()
+            self._start_rss = _proc_status_bytes("VmRSS")
             self._start_ru = resource.getrusage(resource.RUSAGE_SELF)
         return self
 
@@ -109,7 +102,7 @@ class MemoryProbe:
             )
         else:
             ru = resource.getrusage(resource.RUSAGE_SELF)
-            peak = _vm_hwm_bytes()
+            peak = _proc_status_bytes("VmHWM")
             self.report = MemoryReport(
                 device_type="cpu", peak_bytes=peak,
                 transient_peak_bytes=max(0, peak - self._start_rss),
