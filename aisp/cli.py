@@ -299,6 +299,15 @@ def generate_command(
                                                      for o in outputs]}, indent=2) + "\n")
 
 
+def _register_subcommands() -> None:
+    from aisp.serve.cli import register as register_serve
+
+    register_serve(app)
+
+
+_register_subcommands()
+
+
 def run_pair_main(pair_file: str, argv: list[str]) -> None:
     """`python ch16/optimized_X.py [bench run flags]`: run that one pair and print the
     comparison with its baseline, exactly as `aisp bench run --targets ch16:X` would."""

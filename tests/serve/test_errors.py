@@ -1,0 +1,139 @@
+"""Bad input never hurts anyone else: each bad request gets its 4xx in OpenAI's error shape, with a
+message naming the value and the limit, while a concurrent streaming request completes exactly;
+the server stays up. The server here requires an API key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from aisp.serve.app import MAX_BODY_BYTES
+from aisp.serve.server import start_server
+from tests.serve.client import TIMEOUT, events, fold_chunks, run, stream
+from tests.serve.conftest import engine_config
+
+KEY = "sk-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+C, CHAT = "/v1/completions", "/v1/chat/completions"
+OK_MSG = [{"role": "user", "content": "hi"}]
+
+# (id, method, path, body (dict, or raw bytes), headers, status, param, words in the message)
+CASES = [
+    ("malformed-json", "POST", C, b'{"prompt": "x",', AUTH, 400, None, "not valid JSON"),
+    ("nan", "POST", C, b'{"prompt": "x", "temperature": NaN}', AUTH, 400, None, "NaN"),
+    ("body-not-object", "POST", C, b"[1, 2]", AUTH, 400, None, "JSON object"),
+    ("missing-prompt", "POST", C, {"max_tokens": 3}, AUTH, 400, "prompt", "prompt is missing"),
+    ("missing-messages", "POST", CHAT, {"max_tokens": 3}, AUTH, 400, "messages", "messages"),
+    ("prompt-wrong-type", "POST", C, {"prompt": 5}, AUTH, 400, "prompt", "5"),
+    ("prompt-batch", "POST", C, {"prompt": ["a", "b"]}, AUTH, 400, "prompt", "batch of 2"),
+    ("max-tokens-string", "POST", C, {"prompt": "x", "max_tokens": "ten"}, AUTH, 400,
+     "max_tokens", "'ten'"),
+    ("max-tokens-negative", "POST", C, {"prompt": "x", "max_tokens": -5}, AUTH, 400,
+     "max_tokens", "-5"),
+    ("max-tokens-absurd", "POST", C, {"prompt": "x", "max_tokens": 10**9}, AUTH, 400, None,
+     "1,000,000,000"),
+    ("temperature-string", "POST", C, {"prompt": "x", "temperature": "hot"}, AUTH, 400,
+     "temperature", "'hot'"),
+    ("top-p-range", "POST", C, {"prompt": "x", "top_p": 1.5}, AUTH, 400, "top_p", "1.5"),
+    ("min-tokens-over-max", "POST", C, {"prompt": "x", "max_tokens": 2, "min_tokens": 5}, AUTH,
+     400, "min_tokens", "max_tokens=2"),
+    ("stream-not-bool", "POST", C, {"prompt": "x", "stream": "yes"}, AUTH, 400, "stream", "'yes'"),
+    ("stop-wrong-type", "POST", C, {"prompt": "x", "stop": 5}, AUTH, 400, "stop", "5"),
+    ("prompt-too-long", "POST", C, {"prompt": "x" * 600}, AUTH, 400, "prompt", "512"),
+    ("chat-too-long", "POST", CHAT, {"messages": [{"role": "user", "content": "y" * 600}]},
+     AUTH, 400, "messages", "512"),
+    ("token-out-of-vocab", "POST", C, {"prompt": [1, 99999]}, AUTH, 400, None, "99999"),
+    ("unknown-model", "POST", C, {"prompt": "x", "model": "gpt-9"}, AUTH, 404, "model", "gpt-9"),
+    ("no-api-key", "POST", C, {"prompt": "x"}, {}, 401, None, "Authorization"),
+    ("wrong-api-key", "POST", C, {"prompt": "x"}, {"Authorization": "Bearer nope"}, 401, None,
+     "wrong"),
+    ("models-needs-key", "GET", "/v1/models", None, {}, 401, None, "API key"),
+    ("oversized-body", "POST", C, json.dumps({"prompt": "x" * (MAX_BODY_BYTES + 10)}).encode(),
+     AUTH, 413, None, f"{MAX_BODY_BYTES:,}"),
+    ("n-2", "POST", C, {"prompt": "x", "n": 2}, AUTH, 400, "n", "n=2"),
+    ("logprobs-5", "POST", C, {"prompt": "x", "logprobs": 5}, AUTH, 400, "logprobs", "5"),
+    ("echo-true", "POST", C, {"prompt": "x", "echo": True}, AUTH, 400, "echo", "echo"),
+    ("best-of-3", "POST", C, {"prompt": "x", "best_of": 3}, AUTH, 400, "best_of", "3"),
+    ("presence-penalty", "POST", C, {"prompt": "x", "presence_penalty": 0.5}, AUTH, 400,
+     "presence_penalty", "0.5"),
+    ("unknown-field", "POST", C, {"prompt": "x", "foo": 1}, AUTH, 400, "foo", "foo"),
+    ("chat-bad-role", "POST", CHAT, {"messages": [{"role": "robot", "content": "x"}]}, AUTH,
+     400, "messages[0].role", "robot"),
+    ("chat-image-part", "POST", CHAT, {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "x"}}]}]}, AUTH, 400, "messages[0].content",
+     "image_url"),
+    ("chat-tools", "POST", CHAT, {"messages": OK_MSG, "tools": [{"type": "function"}]}, AUTH,
+     400, "tools", "tools"),
+    ("max-tokens-disagree", "POST", CHAT, {"messages": OK_MSG, "max_tokens": 3,
+                                           "max_completion_tokens": 4}, AUTH, 400,
+     "max_completion_tokens", "disagree"),
+    ("wrong-method", "GET", C, None, AUTH, 405, None, "GET /v1/completions"),
+    ("no-route", "GET", "/v2/whatever", None, AUTH, 404, None, "/v2/whatever"),
+]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(byte_model):
+    srv = start_server(engine_config(byte_model), api_key=KEY)
+    yield srv
+    srv.stop(drain=False, timeout=5)
+
+
+async def _send(s: aiohttp.ClientSession, url: str, method: str, body, headers):
+    kwargs = {} if body is None else {"data": body} if isinstance(body, bytes) else {"json": body}
+    async with s.request(method, url, headers=headers, **kwargs) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def test_bad_requests_get_4xx_while_a_concurrent_stream_completes(keyed_server):
+    url = keyed_server.url
+    good = {"prompt": "steady", "max_tokens": 120, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+
+    async def go():
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+            alone = fold_chunks(events((await stream(s, url + C, good, AUTH))[2]), chat=False)
+            results = await asyncio.gather(
+                stream(s, url + C, good, AUTH),
+                *(_send(s, url + path, method, body, headers)
+                  for _, method, path, body, headers, *_ in CASES))
+            async with s.get(url + "/health") as r:
+                healthy = r.status
+            return alone, results, healthy
+
+    alone, (concurrent, *replies), healthy = run(go(), timeout=60)
+    for (name, _, _, _, _, status, param, words), (got_status, body) in zip(CASES, replies):
+        assert got_status == status, (name, body)
+        err = body["error"]
+        assert set(err) == {"message", "type", "param", "code"}, (name, err)
+        assert err["param"] == param, (name, err)
+        assert words in err["message"], (name, err["message"])
+    assert concurrent[0] == 200
+    folded = fold_chunks(events(concurrent[2]), chat=False)
+    assert folded == alone and folded["finish_reason"] == "length"
+    assert folded["usage"]["completion_tokens"] == 120
+    assert healthy == 200
+    assert keyed_server.async_engine.num_inflight == 0
+
+
+def test_common_noop_fields_are_accepted(keyed_server):
+    body = {"prompt": "x", "max_tokens": 3, "user": "u", "logit_bias": None, "n": 1,
+            "presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": None, "echo": False,
+            "best_of": 1, "stop": None, "ignore_eos": True, "min_tokens": 3, "suffix": None,
+            "seed": 7, "top_k": -1, "min_p": 0.0, "top_p": 0.9,
+            "stream_options": {"include_usage": True}}
+    chat = {"messages": OK_MSG, "max_completion_tokens": 3, "logprobs": False,
+            "top_logprobs": None, "tools": None, "tool_choice": "none",
+            "response_format": {"type": "text"}, "parallel_tool_calls": True, "ignore_eos": True}
+
+    async def go():
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+            return [await _send(s, keyed_server.url + C, "POST", body, AUTH),
+                    await _send(s, keyed_server.url + CHAT, "POST", chat, AUTH)]
+
+    for status, reply in run(go()):
+        assert status == 200, reply
+        assert reply["usage"]["completion_tokens"] == 3
