@@ -300,9 +300,11 @@ def generate_command(
 
 
 def _register_subcommands() -> None:
+    from aisp.loadtest.cli import register as register_loadtest
     from aisp.serve.cli import register as register_serve
 
     register_serve(app)
+    register_loadtest(app)
 
 
 _register_subcommands()
