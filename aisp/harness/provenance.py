@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aisp.hardware import HardwareInfo
 from aisp.harness.discovery import REPO_ROOT
+
+if TYPE_CHECKING:  # keeps this module free of torch, so torch-free tools (the load tester) use it
+    from aisp.hardware import HardwareInfo
 
 
 def git_sha(root: Path = REPO_ROOT) -> str:

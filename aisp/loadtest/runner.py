@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import platform
-import shlex
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from aisp.harness.provenance import command_line, git_sha
 from aisp.loadtest.arrivals import intervals
 from aisp.loadtest.client import endpoint_path, request_body, send_request
 from aisp.loadtest.config import LoadTestConfig
@@ -156,21 +153,12 @@ class _Run:
         return tasks
 
 
-def _git_sha() -> str:
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                           capture_output=True, text=True, timeout=5)
-        return r.stdout.strip() if r.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def environment(config: LoadTestConfig, model: str) -> dict[str, Any]:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": shlex.join(sys.argv), "url": config.base_url, "model": model,
+            "command": command_line(), "url": config.base_url, "model": model,
             "endpoint": endpoint_path(config.endpoint), "python": platform.python_version(),
             "aiohttp": aiohttp.__version__, "platform": platform.platform(),
-            "aisp_git_sha": _git_sha()}
+            "aisp_git_sha": git_sha()}
 
 
 def _progress_fields(run: _Run, now: float, run_start: float) -> dict[str, Any]:
