@@ -85,6 +85,9 @@ class StepStats:
     num_generated_tokens: int
     step_time_s: float
     finished_request_ids: tuple[str, ...] = field(default_factory=tuple)
+    # The plan: (request id, scheduled tokens, is a decode) per request, and who was preempted.
+    scheduled: tuple[tuple[str, int, bool], ...] = ()
+    preempted_request_ids: tuple[str, ...] = ()
     # State after the step (the scheduler's own stats describe the plan, before it ran).
     num_running: int = 0
     num_waiting: int = 0
@@ -203,6 +206,9 @@ class LLMEngine:
         stats = StepStats(plan.stats, len(plan.scheduled_requests),
                           plan.total_num_scheduled_tokens, len(result.new_token_ids), t3 - t0,
                           tuple(sorted(rid for rid, r in touched.items() if r.is_finished)),
+                          scheduled=tuple((r.request_id, r.num_scheduled_tokens, r.is_decode)
+                                          for r in plan.scheduled_requests),
+                          preempted_request_ids=plan.preempted_request_ids,
                           num_running=len(self.scheduler.running),
                           num_waiting=len(self.scheduler.waiting),
                           kv_cache_usage=self.block_manager.usage,
