@@ -46,12 +46,16 @@ def main(
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2)
     names = {}
-    for i, (n, out, prio) in enumerate(REQUESTS):
-        prompt = [(7 * i + j) % 200 + 3 for j in range(n)]
-        rid = engine.add_request(prompt, SamplingParams(max_tokens=out, temperature=0,
-                                                        ignore_eos=True),
-                                 request_id=f"R{i}", priority=prio)
-        names[rid] = f"R{i} ({n} in, {out} out, prio {prio})"
+    try:
+        for i, (n, out, prio) in enumerate(REQUESTS):
+            prompt = [(7 * i + j) % 200 + 3 for j in range(n)]
+            rid = engine.add_request(prompt, SamplingParams(max_tokens=out, temperature=0,
+                                                            ignore_eos=True),
+                                     request_id=f"R{i}", priority=prio)
+            names[rid] = f"R{i} ({n} in, {out} out, prio {prio})"
+    except ValueError as e:  # admission: the cache cannot hold this request
+        console.print(f"[red]error:[/] {e}; give it more --num-kv-blocks")
+        raise typer.Exit(2)
     console.print(f"requests: {', '.join(names.values())}")
     console.print(f"budget {token_budget} tokens/step, {max_num_seqs} running at most, "
                   f"{num_kv_blocks} KV blocks x 4 tokens, policy {policy}\n")

@@ -29,5 +29,6 @@ def test_demo_rejects_a_cache_too_small_for_any_request():
     r = subprocess.run([sys.executable, "ch16/scheduler.py", "--num-kv-blocks", "2",
                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert r.returncode != 0
-    assert "error" in (r.stdout + r.stderr).lower()
+    assert r.returncode == 2
+    assert "error: request 'R0': prompt has 40 tokens" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
