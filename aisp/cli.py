@@ -154,6 +154,18 @@ def bench_run(
         json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     for t in render_profile_summaries(results):
         console.print(t)
+    if profile == "full":
+        shown = set()
+        for row in results["rows"]:
+            prof = row["optimized"].get("profile") or {}
+            for cmd in prof.get("external_commands", []):
+                if cmd not in shown:
+                    shown.add(cmd)
+                    console.print(escape(f"profile {row['target']} with NVIDIA's tools: {cmd}"),
+                                  highlight=False)
+            if prof.get("notes") and prof["notes"] not in shown:
+                shown.add(prof["notes"])
+                console.print(f"[dim]{escape(prof['notes'])}[/]")
     console.print(render_table(results))
     for row in rows:
         if row.error:

@@ -47,3 +47,12 @@ def test_minimal_and_full_profiles_on_cpu(tmp_path):
     assert any("mm" in e.get("name", "") for e in trace["traceEvents"])
     assert row.optimized.profile["memory_snapshot"] is None  # CPU: said, not faked
     assert row.verified  # profiling happens after, and does not disturb, verification
+
+
+def test_external_commands_profile_the_same_target(tmp_path):
+    from aisp.harness.profiling import external_commands
+
+    nsys, ncu = external_commands("ch16:flash_sdp", tmp_path)
+    assert nsys.startswith("nsys profile") and "--targets ch16:flash_sdp" in nsys
+    # Clocks stay as they are: ncu's default would lock them.
+    assert ncu.startswith("ncu ") and "--clock-control none" in ncu and "--targets ch16:flash_sdp" in ncu
