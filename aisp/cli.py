@@ -238,6 +238,8 @@ def generate_command(
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching"),
     attention_kernels: str = typer.Option("auto", "--attention-kernels",
                                           help="auto, triton or torch."),
+    decode_graphs: str = typer.Option("auto", "--decode-graphs",
+                                      help="auto, cuda, buffers or off."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write summary + outputs here."),
 ) -> None:
     """Offline generation through the engine, with a progress bar and a throughput summary."""
@@ -257,7 +259,7 @@ def generate_command(
                            max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                            max_num_batched_tokens=max_num_batched_tokens,
                            enable_prefix_caching=not no_prefix_caching,
-                           attention_kernels=attention_kernels)
+                           attention_kernels=attention_kernels, decode_graphs=decode_graphs)
         params = SamplingParams(max_tokens=output_len, temperature=temperature, top_p=top_p,
                                 top_k=top_k, seed=seed if temperature > 0 else None,
                                 ignore_eos=ignore_eos)
