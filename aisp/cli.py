@@ -167,6 +167,10 @@ def bench_run(
                 shown.add(prof["notes"])
                 console.print(f"[dim]{escape(prof['notes'])}[/]")
     console.print(render_table(results))
+    for row in results["rows"]:
+        note = row["optimized"].get("details", {}).get("note")
+        if note:
+            console.print(f"[dim]{escape(row['key'])}: {escape(note)}[/]", highlight=False)
     for row in rows:
         if row.error:
             console.print(f"[red]{escape(row.key)}:[/] {escape(row.error)}", highlight=False)

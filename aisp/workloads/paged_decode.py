@@ -185,7 +185,11 @@ class PagedKV:
                                                          "needs CUDA)",
                 "kv_bytes_used": tokens * per_token, "kv_bytes_reserved": reserved,
                 "kv_waste_pct": 100.0 * (1 - tokens * per_token / reserved),
-                "allocations_per_run": 0}
+                "allocations_per_run": 0,
+                **({} if self.triton else {"note": (
+                    "without CUDA the paged side runs the torch twins, which gather blocks per "
+                    "step: this row shows the allocator behaviour (page faults, transient memory),"
+                    " not the paged kernel's speed")})}
 
     def release(self) -> None:
         self.k_cache = self.v_cache = self.block_tables = self.inp = None
