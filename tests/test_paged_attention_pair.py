@@ -20,13 +20,16 @@ from aisp.workloads.paged_decode import (ContiguousKV, DecodeInputs, PagedDecode
 ROOT = Path(__file__).resolve().parents[1]
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: Triton interprets
+
+
 @pytest.mark.parametrize("provider", [ContiguousKV, lambda: PagedKV("torch"),
                                       lambda: PagedKV("triton")])
 def test_providers_match_float64(provider):
     torch.manual_seed(5)
     shape = PagedDecodeShape(batch=3, min_context=5, max_context=40, steps=3, num_q_heads=4,
                              num_kv_heads=2, head_dim=16, block_size=4)
-    inp = DecodeInputs(shape, torch.device("cpu"), torch.float32)
+    inp = DecodeInputs(shape, DEVICE, torch.float32)
     p = provider()
     p.prepare(inp, shape)
     first = p.run()
@@ -42,7 +45,7 @@ def test_paged_details_report_block_waste():
     shape = PagedDecodeShape(batch=2, min_context=3, max_context=3, steps=1, num_q_heads=2,
                              num_kv_heads=1, head_dim=16, block_size=4)
     p = PagedKV("torch")
-    p.prepare(DecodeInputs(shape, torch.device("cpu"), torch.float32), shape)
+    p.prepare(DecodeInputs(shape, DEVICE, torch.float32), shape)
     # 4 tokens per sequence fill exactly one 4-token block: no waste.
     assert p.details()["kv_waste_pct"] == 0.0
 

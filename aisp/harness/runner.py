@@ -154,6 +154,18 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
+def _to_host(x: Any) -> Any:
+    """Kept outputs go to host memory: a live tensor inside a large cached GPU segment would
+    pin the whole segment and distort the next side's reserved memory and fragmentation."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _to_host(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_host(v) for v in x)
+    return x
+
+
 def _free_device_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -185,9 +197,10 @@ def measure_side(bench: Benchmark, module: str, *, seed: int, options: RunOption
             first = bench.run()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            out.first_output = first
+            out.first_output = _to_host(first)
+            del first
             if want_reference:
-                out.reference = optional_reference(bench)
+                out.reference = _to_host(optional_reference(bench))
             for _ in range(warmup):
                 bench.run()
             # Drop what setup and autotuning cached, then let one run re-reserve only what the
