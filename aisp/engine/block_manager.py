@@ -16,7 +16,8 @@ Prefix caching (`enable_prefix_caching=True`):
   so equal tokens behind a different prefix hash differently (their KV differs). SHA-256 makes a
   collision, which would silently serve another prompt's KV, not a practical concern.
 - Full computed blocks are registered lazily, at the request's next `allocate_slots` or at
-  `free` - both run between forward passes, so a registered block's KV is always written.
+  `free`. A block counts as computed once its chunk is planned: any step that reads it through a
+  prefix hit runs after that chunk on the same device stream, so the KV is written by then.
 - `get_computed_blocks(request)` (admission only) returns the longest cached run of whole blocks,
   never the whole prompt: at most `num_tokens - 1` tokens, so the step still computes the last
   token and produces logits. The lookup is pure; `allocate_slots(..., prefix_hit)` takes the
@@ -264,7 +265,10 @@ class BlockManager:
         """Make the request's full blocks whose KV is computed findable by hash."""
         if not self.enable_prefix_caching:
             return
-        num_full = min(request.num_computed_tokens // self.block_size, len(request.block_ids))
+        # A block is hashed by its token ids, so a pending token (sampled, not yet known: see
+        # aisp.engine.request) keeps its block unregistered until it arrives.
+        num_known = min(request.num_computed_tokens, len(request.all_token_ids))
+        num_full = min(num_known // self.block_size, len(request.block_ids))
         start = self._req_num_registered.get(request.request_id, 0)
         if num_full <= start:
             return

@@ -35,6 +35,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     attention_kernels: str = "auto"          # auto | triton | torch (reference twins)
     decode_graphs: str = "auto"              # auto (cuda on a GPU, else off) | cuda | buffers | off
+    async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -45,6 +46,9 @@ class EngineConfig:
         if self.decode_graphs not in ("auto", "cuda", "buffers", "off"):
             raise ValueError(f"decode_graphs '{self.decode_graphs}' unknown; choose auto, cuda, "
                              f"buffers (the padded graph inputs, run eagerly) or off")
+        if self.async_scheduling not in ("auto", "on", "off"):
+            raise ValueError(f"async_scheduling '{self.async_scheduling}' unknown; choose auto, on "
+                             f"(plan the next step while the GPU runs this one) or off")
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -90,6 +94,13 @@ class EngineConfig:
             raise ValueError(f"decode_graphs='cuda' needs a CUDA device and the Triton kernels "
                              f"(device {device}, kernels {kernels}); use 'auto', 'buffers' or 'off'")
         return mode
+
+    def resolve_async_scheduling(self, device: torch.device) -> bool:
+        """On a GPU the host plans step N+1 while step N runs; a CPU computes as it launches, so
+        there is nothing to overlap and outputs would only arrive a step later."""
+        if self.async_scheduling == "auto":
+            return device.type == "cuda"
+        return self.async_scheduling == "on"
 
     def resolve_kernels(self, device: torch.device, head_dim: int) -> str:
         """Triton on a GPU; on the CPU the torch twins (the interpreter is for tests only).

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from aisp.engine.attention import AttentionMetadata, PagedAttention
+from aisp.engine.host_io import to_device
 from aisp.engine.kv_cache import KVCache
 from aisp.engine.scheduler import ScheduledRequest
 from aisp.model.llama import LlamaForCausalLM
@@ -97,8 +98,10 @@ class DecodeGraphs:
             raise ValueError(f"decode batch of {n} outside the captured range 1..{self.max_batch}")
         return next(b for b in self.sizes if b >= n)
 
-    def run(self, decodes: Sequence[ScheduledRequest]) -> torch.Tensor:
-        """Hidden states [len(decodes), hidden] of one decode-only step."""
+    def run(self, decodes: Sequence[ScheduledRequest],
+            pending: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden states [len(decodes), hidden] of one decode-only step. `pending` = (rows, ids
+        on the device) fills the input ids the host does not know yet (async scheduling)."""
         n = len(decodes)
         b = self.bucket_for(n)
         bs = self.kv_cache.block_size
@@ -107,16 +110,18 @@ class DecodeGraphs:
             raise ValueError(f"a request holds {max(widths)} blocks; graphs were captured for "
                              f"{self.max_blocks} (max_model_len)")
         w = max(widths)
-        table = torch.tensor([list(s.block_ids) + [0] * (w - len(s.block_ids)) for s in decodes],
-                             dtype=torch.int32)
-        host = torch.tensor([[s.token_ids[0], s.start_position,
-                              s.block_ids[s.start_position // bs] * bs + s.start_position % bs,
-                              s.start_position + 1] for s in decodes], dtype=torch.int64)
-        self.input_ids[:n].copy_(host[:, 0], non_blocking=True)
-        self.positions[:n].copy_(host[:, 1], non_blocking=True)
-        self.slot_mapping[:n].copy_(host[:, 2], non_blocking=True)
-        self.context_lens[:n].copy_(host[:, 3], non_blocking=True)
-        self.block_tables[:n, :table.shape[1]].copy_(table, non_blocking=True)
+        table = to_device([list(s.block_ids) + [0] * (w - len(s.block_ids)) for s in decodes],
+                          torch.int32, self.device)
+        host = to_device([[s.token_ids[0], s.start_position,
+                           s.block_ids[s.start_position // bs] * bs + s.start_position % bs,
+                           s.start_position + 1] for s in decodes], torch.int64, self.device)
+        self.input_ids[:n].copy_(host[:, 0])
+        if pending is not None:
+            self.input_ids.index_copy_(0, *pending)
+        self.positions[:n].copy_(host[:, 1])
+        self.slot_mapping[:n].copy_(host[:, 2])
+        self.context_lens[:n].copy_(host[:, 3])
+        self.block_tables[:n, :table.shape[1]].copy_(table)
         # Padding rows of this bucket: inert (see module docstring).
         self.slot_mapping[n:b].fill_(-1)
         self.context_lens[n:b].zero_()

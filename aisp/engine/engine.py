@@ -1,12 +1,19 @@
 """`LLMEngine`: requests in, tokens out, one step at a time.
 
     step():  plan = scheduler.schedule()          who runs, with how many tokens
-             sampled = runner.execute(plan)        one forward pass, one token per finished chunk
-             result = scheduler.update_from_output(plan, sampled)
+             sampled = runner.launch(plan)         one forward pass queued, one token per finished chunk
+             result = scheduler.update_from_output(plan, sampled.result())
 
 Everything else (stop strings, outputs, stats) is bookkeeping around those three calls. The
 offline `generate()`, the server, the benchmarks and the load test all drive this same loop, so
 an optimization is a switch in `EngineConfig`, never a second code path.
+
+Async scheduling (`EngineConfig.async_scheduling`, on by default on a GPU) changes only *when*
+the third call happens: step() plans and launches step N, then reads back step N-1's tokens, so
+the host's planning and bookkeeping run while the GPU computes instead of between its steps.
+The scheduler plans on top of tokens still in flight (aisp.engine.request: pending tokens) and
+the runner fills those inputs in on the device. Outputs therefore arrive one step() later, and
+a request that samples a stop token has run one extra step whose token is dropped.
 
 Per-request timestamps (arrival, first scheduled, first token, every token, finish) live on the
 `Request` and are copied into each `RequestOutput`; per-step numbers are a `StepStats` that
@@ -26,10 +33,10 @@ from aisp.engine.block_manager import BlockManager
 from aisp.engine.config import EngineConfig
 from aisp.engine.cuda_graphs import DecodeGraphs
 from aisp.engine.kv_cache import KVCache, KVCacheSpec
-from aisp.engine.model_runner import ModelRunner
+from aisp.engine.model_runner import ModelRunner, SampledTokens
 from aisp.engine.request import Request, RequestStatus
 from aisp.engine.sampling_params import SamplingParams
-from aisp.engine.scheduler import Scheduler, SchedulerConfig, SchedulerStats
+from aisp.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats
 from aisp.model.presets import resolve_model
 
 
@@ -93,8 +100,18 @@ class StepStats:
     num_waiting: int = 0
     kv_cache_usage: float = 0.0
     schedule_s: float = 0.0   # host: planning
-    execute_s: float = 0.0    # forward + sampling, up to the sampled ids reaching the host
+    execute_s: float = 0.0    # launching forward + sampling, plus waiting for the sampled ids
     update_s: float = 0.0     # host: appending tokens, stop checks, outputs
+
+
+@dataclass(frozen=True)
+class _LaunchedStep:
+    """A step whose device work is queued; its tokens are read now (sync) or next step (async)."""
+
+    plan: SchedulerOutput
+    sampled: SampledTokens
+    schedule_s: float
+    launch_s: float
 
 
 class LLMEngine:
@@ -131,12 +148,15 @@ class LLMEngine:
                             enable_chunked_prefill=config.enable_chunked_prefill),
             self.block_manager, eos_token_ids=eos)
         kernels = config.resolve_kernels(self.device, mc.head_dim)
+        self.model.set_elementwise_kernels(kernels)  # fused norm/RoPE/SiLU beside Triton attention
         graph_mode = config.resolve_decode_graphs(self.device, kernels)
         graphs = None if graph_mode == "off" else DecodeGraphs(
             self.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.device,
             kernels, capture=graph_mode == "cuda")
         self.runner = ModelRunner(self.model, self.kv_cache, self.device, kernels,
                                   decode_graphs=graphs)
+        self.async_scheduling = config.resolve_async_scheduling(self.device)
+        self._in_flight: _LaunchedStep | None = None
         # Telemetry hooks: every step's stats, and every finished request's final output.
         self.step_listeners: list[Callable[[StepStats], None]] = []
         self.finished_listeners: list[Callable[[RequestOutput], None]] = []
@@ -186,15 +206,35 @@ class LLMEngine:
         return [r.request_id for r in aborted]
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
 
     # -- the loop --------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Plan and launch a step, then finish one: this one (sync), or the one launched before
+        it (async), whose tokens the GPU produced while this one was being planned."""
         t0 = time.perf_counter()
-        plan = self.scheduler.schedule()
-        t1 = time.perf_counter()
-        sampled = self.runner.execute(plan)
+        try:
+            plan = self.scheduler.schedule()
+            t1 = time.perf_counter()
+            launched = _LaunchedStep(plan, self.runner.launch(plan), t1 - t0,
+                                     time.perf_counter() - t1)
+            if self.async_scheduling and not plan.is_empty:
+                ready = [self._in_flight] if self._in_flight is not None else []
+                self._in_flight = launched
+            else:
+                ready = [s for s in (self._in_flight, launched) if s is not None]
+                self._in_flight = None
+            return [out for s in ready for out in self._finish(s, t0)]
+        except BaseException:
+            self._in_flight = None  # its tokens are lost with the failed step; callers abort
+            raise
+
+    def _finish(self, launched: _LaunchedStep, t0: float) -> list[RequestOutput]:
+        """Read a launched step's tokens and do its bookkeeping; emit its StepStats."""
+        plan = launched.plan
         t2 = time.perf_counter()
+        sampled = launched.sampled.result()
+        t3 = time.perf_counter()
         result = self.scheduler.update_from_output(plan, sampled)
 
         # Requests that got a token this step, captured before any is stopped below.
@@ -202,9 +242,9 @@ class LLMEngine:
         touched.update({r.request_id: r for r in result.finished_requests})
         self._apply_stop_strings(touched.values())
         outputs = [self._output(touched[rid], new) for rid, new in result.new_token_ids.items()]
-        t3 = time.perf_counter()
+        t4 = time.perf_counter()
         stats = StepStats(plan.stats, len(plan.scheduled_requests),
-                          plan.total_num_scheduled_tokens, len(result.new_token_ids), t3 - t0,
+                          plan.total_num_scheduled_tokens, len(result.new_token_ids), t4 - t0,
                           tuple(sorted(rid for rid, r in touched.items() if r.is_finished)),
                           scheduled=tuple((r.request_id, r.num_scheduled_tokens, r.is_decode)
                                           for r in plan.scheduled_requests),
@@ -212,7 +252,8 @@ class LLMEngine:
                           num_running=len(self.scheduler.running),
                           num_waiting=len(self.scheduler.waiting),
                           kv_cache_usage=self.block_manager.usage,
-                          schedule_s=t1 - t0, execute_s=t2 - t1, update_s=t3 - t2)
+                          schedule_s=launched.schedule_s,
+                          execute_s=launched.launch_s + (t3 - t2), update_s=t4 - t3)
         for listener in self.step_listeners:
             listener(stats)
         for out in outputs:

@@ -1,8 +1,14 @@
 """`ModelRunner`: turn one step's plan into one forward pass and the sampled tokens.
 
-Contract: `execute(plan: SchedulerOutput) -> {request_id: [token]}` for every scheduled request
-whose chunk reaches the end of its sequence (`ScheduledRequest.samples`); partial prefill
-chunks only fill the KV cache.
+Contract: `launch(plan: SchedulerOutput) -> SampledTokens` enqueues one forward pass and the
+sampling on the device and returns at once; `SampledTokens.result()` waits for the ids and gives
+`{request_id: [token]}` for every scheduled request whose chunk reaches the end of its sequence
+(`ScheduledRequest.samples`); partial prefill chunks only fill the KV cache. `execute(plan)` is
+the two in one (synchronous steps).
+
+Async scheduling: the engine may launch step N+1 before it reads step N's ids. A decode whose
+input is a token step N sampled carries `PENDING_TOKEN_ID`; the runner fills it in on the device
+from step N's sampled ids (kept from the last launch), so the host never waits between steps.
 
 The flattened batch (decodes first, then prefill chunks; see aisp.engine.attention):
 - `input_ids`, `positions`: the scheduled tokens and their absolute positions;
@@ -18,12 +24,15 @@ across steps and across preemption) and drops them when the scheduler reports th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from aisp.engine.attention import AttentionMetadata, PagedAttention
 from aisp.engine.cuda_graphs import DecodeGraphs
+from aisp.engine.host_io import to_device
 from aisp.engine.kv_cache import KVCache
+from aisp.engine.request import PENDING_TOKEN_ID
 from aisp.engine.sampler import Sampler, make_generator
 from aisp.engine.scheduler import ScheduledRequest, SchedulerOutput
 from aisp.model.llama import LlamaForCausalLM
@@ -32,7 +41,24 @@ from aisp.model.llama import LlamaForCausalLM
 def _block_table(rows: Sequence[ScheduledRequest], device: torch.device) -> torch.Tensor:
     width = max((len(r.block_ids) for r in rows), default=0) or 1
     table = [list(r.block_ids) + [0] * (width - len(r.block_ids)) for r in rows]
-    return torch.tensor(table, dtype=torch.int32, device=device).reshape(len(rows), width)
+    return to_device(table, torch.int32, device).reshape(len(rows), width)
+
+
+@dataclass
+class SampledTokens:
+    """The ids one launched step sampled: on the device at once, on the host at `result()`."""
+
+    request_ids: tuple[str, ...]
+    device_ids: torch.Tensor | None = None   # int64 [len(request_ids)], on the device
+    host_ids: torch.Tensor | None = None     # the same, being copied to (pinned) host memory
+    ready: torch.cuda.Event | None = None    # recorded after the copy (CUDA only)
+
+    def result(self) -> dict[str, list[int]]:
+        if not self.request_ids:
+            return {}
+        if self.ready is not None:
+            self.ready.synchronize()
+        return {rid: [t] for rid, t in zip(self.request_ids, self.host_ids.tolist())}
 
 
 class ModelRunner:
@@ -46,6 +72,26 @@ class ModelRunner:
         self.sampler = sampler or Sampler()
         self.decode_graphs = decode_graphs
         self.generators: dict[str, torch.Generator | None] = {}
+        self._last: SampledTokens = SampledTokens(())   # pending inputs are filled from it
+        self._last_rows: dict[str, int] = {}
+
+    def _pending_inputs(self, order: Sequence[ScheduledRequest]
+                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows of the flattened batch, their ids on the device) for the inputs still pending,
+        i.e. sampled by the previous launch; None when every input id is known."""
+        rows, src = [], []
+        offset = 0
+        for s in order:
+            if s.token_ids[0] == PENDING_TOKEN_ID:   # only a decode's single input can be pending
+                rows.append(offset)
+                src.append(self._last_rows[s.request_id])
+            offset += s.num_scheduled_tokens
+        if not rows:
+            return None
+        assert self._last.device_ids is not None, "a pending input but no step in flight"
+        dev = self.device
+        ids = self._last.device_ids.index_select(0, to_device(src, torch.int64, dev))
+        return to_device(rows, torch.int64, dev), ids
 
     def build_metadata(self, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest]
                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
@@ -60,31 +106,38 @@ class ModelRunner:
             qsl.append(qsl[-1] + s.num_scheduled_tokens)
         dev = self.device
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            slot_mapping=to_device(slots, torch.int64, dev),
             num_decode_tokens=len(decodes),
             decode_block_tables=_block_table(decodes, dev),
-            decode_context_lens=torch.tensor([s.start_position + 1 for s in decodes],
-                                             dtype=torch.int32, device=dev),
+            decode_context_lens=to_device([s.start_position + 1 for s in decodes], torch.int32, dev),
             prefill_block_tables=_block_table(prefills, dev),
-            prefill_query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            prefill_seq_lens=torch.tensor([s.start_position + s.num_scheduled_tokens
-                                           for s in prefills], dtype=torch.int32, device=dev),
+            prefill_query_start_loc=to_device(qsl, torch.int32, dev),
+            prefill_seq_lens=to_device([s.start_position + s.num_scheduled_tokens
+                                        for s in prefills], torch.int32, dev),
         )
-        return (torch.tensor(input_ids, dtype=torch.int64, device=dev),
-                torch.tensor(positions, dtype=torch.int64, device=dev), meta)
+        input_ids_t = to_device(input_ids, torch.int64, dev)
+        pending = self._pending_inputs(order)
+        if pending is not None:
+            input_ids_t.index_copy_(0, *pending)
+        return input_ids_t, to_device(positions, torch.int64, dev), meta
+
+    def execute(self, plan: SchedulerOutput) -> dict[str, list[int]]:
+        """One synchronous step: launch, then wait for the sampled ids."""
+        return self.launch(plan).result()
 
     @torch.inference_mode()
-    def execute(self, plan: SchedulerOutput) -> dict[str, list[int]]:
+    def launch(self, plan: SchedulerOutput) -> SampledTokens:
         for rid in (*plan.finished_request_ids,):
             self.generators.pop(rid, None)
         scheduled = plan.scheduled_requests
         if not scheduled:
-            return {}
+            return SampledTokens(())
         decodes = [s for s in scheduled if s.is_decode]
         prefills = [s for s in scheduled if not s.is_decode]
         graphs = self.decode_graphs
         if graphs is not None and not prefills and len(decodes) <= graphs.max_batch:
-            hidden = graphs.run(decodes)  # decode-only step: replay (see cuda_graphs.py)
+            # Decode-only step: replay (see cuda_graphs.py).
+            hidden = graphs.run(decodes, self._pending_inputs(decodes))
         else:
             input_ids, positions, meta = self.build_metadata(decodes, prefills)
             hidden = self.model(input_ids, positions,
@@ -100,12 +153,19 @@ class ModelRunner:
                 sampling.append(s)
                 rows.append(offset - 1)
         if not sampling:
-            return {}
-        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+            return SampledTokens(())
+        logits = self.model.compute_logits(hidden[to_device(rows, torch.int64, self.device)])
         gens = []
         for s in sampling:
             if s.request_id not in self.generators:
                 self.generators[s.request_id] = make_generator(s.sampling_params.seed, self.device)
             gens.append(self.generators[s.request_id])
-        tokens = self.sampler(logits, [s.sampling_params for s in sampling], gens).tolist()
-        return {s.request_id: [t] for s, t in zip(sampling, tokens)}
+        tokens = self.sampler(logits, [s.sampling_params for s in sampling], gens)
+        out = SampledTokens(tuple(s.request_id for s in sampling), tokens, tokens)
+        if tokens.is_cuda:  # start the copy now; result() waits only for it
+            out.host_ids = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            out.host_ids.copy_(tokens, non_blocking=True)
+            out.ready = torch.cuda.Event()
+            out.ready.record()
+        self._last, self._last_rows = out, {rid: i for i, rid in enumerate(out.request_ids)}
+        return out

@@ -7,16 +7,24 @@ Contract:
 - Counts are in tokens. The ruler below is the invariant that the scheduler and block manager
   rely on; `check_invariants()` asserts it.
 
-      position  0                      num_prompt_tokens                num_tokens
-                |-------- prompt ---------------|------- output --------|
-                |==== KV computed ====|-- scheduled now --|-- not yet --|
-                0              num_computed_tokens                  num_tokens
+      position  0                      num_prompt_tokens                        num_tokens
+                |-------- prompt ---------------|------- output --------|pending|
+                |==== KV computed ====|-- scheduled now --|-- not yet ----------|
+                0              num_computed_tokens                          num_tokens
 
       0 <= num_computed_tokens <= num_tokens, and while RUNNING between steps
       num_computed_tokens <= num_tokens - 1: the newest token (the last prompt token before the
       first step, the last sampled token afterwards) never has KV yet, because its KV is written by
       the same forward pass that produces the next token's logits.
       block_ids covers at least num_computed_tokens slots: len(block_ids) * block_size >= that.
+
+- `num_computed_tokens` advances when a chunk is *scheduled* (its KV is as good as written: every
+  later step runs after it on the same device stream). A chunk that ends the sequence leaves one
+  *pending* token: sampled on the device, not yet seen by the host. `num_tokens` counts it; the
+  token ids (`all_token_ids`, `output_token_ids`) do not until it is appended. With synchronous
+  steps a pending token lives only between `schedule()` and `update_from_output()`; with async
+  scheduling (one step in flight) the next step may already be planned on top of it, its input
+  id filled in on the device (`PENDING_TOKEN_ID` in the plan).
 
 - Recompute preemption resets num_computed_tokens to 0 and clears block_ids but keeps
   output_token_ids: on resume, prompt + output so far are prefilled again and generation
@@ -34,7 +42,10 @@ from dataclasses import dataclass, field
 
 from aisp.engine.sampling_params import SamplingParams
 
-__all__ = ["Request", "RequestStatus"]
+__all__ = ["PENDING_TOKEN_ID", "Request", "RequestStatus"]
+
+# Stands in a plan for a token that was sampled by the step in flight and is not known yet.
+PENDING_TOKEN_ID = -1
 
 
 class RequestStatus(enum.Enum):
@@ -80,6 +91,9 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list, init=False)
     all_token_ids: list[int] = field(init=False)  # prompt + output, the tokens positions refer to
     num_computed_tokens: int = field(default=0, init=False)  # tokens whose KV is in the cache
+    # Sampled, not yet appended: 1 per planned step that ends the sequence (2 at most, briefly,
+    # with a step in flight: between planning the next step and reading this one's tokens).
+    num_pending_tokens: int = field(default=0, init=False)
     block_ids: list[int] = field(default_factory=list, init=False)  # KV block table, in order
     stop_reason: int | str | None = field(default=None, init=False)  # the stop token id or string
     num_cached_tokens: int = field(default=0, init=False)  # prefix-cache hit at first admission
@@ -126,8 +140,9 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        """Prompt + output: the target the scheduler computes KV toward (minus the newest token)."""
-        return len(self.all_token_ids)
+        """Prompt + output + pending: the target the scheduler computes KV toward (minus the
+        newest token)."""
+        return len(self.all_token_ids) + self.num_pending_tokens
 
     @property
     def max_tokens(self) -> int:
@@ -143,7 +158,10 @@ class Request:
 
     # -- mutation (called by the scheduler) ------------------------------------------------------
     def append_output_token(self, token_id: int, now: float) -> None:
-        """Record one sampled token and its time; the first one sets first_token_time (TTFT)."""
+        """Record one sampled token (the pending one) and its time; the first one sets
+        first_token_time (TTFT)."""
+        assert self.num_pending_tokens > 0, f"{self.request_id}: a token arrived that no step sampled"
+        self.num_pending_tokens -= 1
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
         self.token_times.append(now)
@@ -156,6 +174,7 @@ class Request:
         assert 0 <= self.num_computed_tokens <= self.num_tokens
         assert len(self.block_ids) * block_size >= self.num_computed_tokens
         assert len(self.token_times) == self.num_output_tokens
+        assert 0 <= self.num_pending_tokens <= 2
         if self.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED):
             assert self.num_computed_tokens == 0 and not self.block_ids
         if self.is_finished:
@@ -166,6 +185,7 @@ class Request:
     def __repr__(self) -> str:
         return (
             f"Request({self.request_id!r}, {self.status.value}, prompt={self.num_prompt_tokens}, "
-            f"output={self.num_output_tokens}, computed={self.num_computed_tokens}, "
+            f"output={self.num_output_tokens}, pending={self.num_pending_tokens}, "
+            f"computed={self.num_computed_tokens}, "
             f"blocks={self.block_ids})"
         )

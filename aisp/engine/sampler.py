@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from aisp.engine.host_io import to_device
 from aisp.engine.sampling_params import SamplingParams
 
 
@@ -52,16 +53,16 @@ class Sampler:
         if not rows:
             return out
         dev = logits.device
-        idx = torch.tensor(rows, device=dev)
+        idx = to_device(rows, torch.int64, dev)
         sub = logits.index_select(0, idx)
-        temps = torch.tensor([params[i].temperature for i in rows], device=dev)
+        temps = to_device([params[i].temperature for i in rows], torch.float32, dev)
         probs = torch.softmax(sub / temps[:, None], dim=-1)
         if any(params[i].top_k or params[i].top_p < 1 or params[i].min_p > 0 for i in rows):
             probs = _filter_sorted(
                 probs,
-                torch.tensor([params[i].top_k for i in rows], device=dev),
-                torch.tensor([params[i].top_p for i in rows], device=dev),
-                torch.tensor([params[i].min_p for i in rows], device=dev))
+                to_device([params[i].top_k for i in rows], torch.int64, dev),
+                to_device([params[i].top_p for i in rows], torch.float32, dev),
+                to_device([params[i].min_p for i in rows], torch.float32, dev))
         noise = torch.empty_like(probs).exponential_()  # unseeded rows: one draw for all
         for j, i in enumerate(rows):
             if generators[i] is not None:  # seeded rows: their own stream, batch-independent

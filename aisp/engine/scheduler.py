@@ -14,9 +14,17 @@ Contract:
   num_computed_tokens, KEEPS its output tokens and goes back to the front of the waiting queue; on
   resume prompt + output are prefilled again, so nothing is lost or sampled twice. If the victim
   is the request itself, it waits; a victim already planned this step gives its tokens back.
-- `update_from_output(output, sampled_token_ids)` advances num_computed_tokens by what was
-  planned, appends exactly one token per request whose chunk reached its end (`samples`) and
-  applies the stop conditions. Requests aborted since the plan was made are skipped.
+- Planning a chunk advances the request's num_computed_tokens at once, and a chunk that ends the
+  sequence (`samples`) leaves one pending token (aisp.engine.request's ruler). So the next plan
+  can be made before this one's tokens are back (async scheduling, one step in flight): a decode
+  of a pending token carries `PENDING_TOKEN_ID` as its input, which the runner takes from the
+  previous step's sampled ids on the device; a request whose last token (max_tokens) is pending
+  is not scheduled again. A stop token is only seen when it arrives, so such a request may have
+  run one step too many: that step's token is dropped, never shown.
+- `update_from_output(output, sampled_token_ids)` appends exactly one token per request whose
+  chunk reached its end (`samples`) and applies the stop conditions. Requests finished or aborted
+  since the plan was made are skipped; a request preempted since then keeps its token (it was
+  computed from the right context) and recomputes it with the rest on resume.
 - Admission (`add_request`) rejects with a ValueError naming the numbers and the fix: a prompt of
   >= max_model_len tokens; prompt + max_tokens > max_model_len (an exact limit rather than a silent
   truncation; the server clamps max_tokens when a client leaves it unset); a request whose KV
@@ -40,7 +48,7 @@ from typing import Literal
 
 from aisp.engine.block_manager import BlockManager, slot_of
 from aisp.engine.queues import POLICIES, make_queue
-from aisp.engine.request import Request, RequestStatus
+from aisp.engine.request import PENDING_TOKEN_ID, Request, RequestStatus
 from aisp.engine.sampling_params import SamplingParams
 
 __all__ = ["ScheduledRequest", "Scheduler", "SchedulerConfig", "SchedulerOutput", "SchedulerStats", "StepResult"]
@@ -86,6 +94,7 @@ class ScheduledRequest:
 
     request_id: str
     token_ids: tuple[int, ...]     # input tokens: positions start_position .. start_position + n - 1
+                                   # (PENDING_TOKEN_ID: sampled by the step in flight)
     start_position: int            # = num_computed_tokens before the step
     block_ids: tuple[int, ...]     # the request's block table, covering every input position
     sampling_params: SamplingParams
@@ -213,6 +222,10 @@ class Scheduler:
         running_part = [self._plan(r, num_scheduled[r.request_id])
                         for r in self.running[:num_continuing] if r.request_id in num_scheduled]
         new_part = [self._plan(r, num_scheduled[r.request_id]) for r in self.running[num_continuing:]]
+        for plan in running_part + new_part:  # the plan is final: its KV is as good as written
+            request = self.requests[plan.request_id]
+            request.num_computed_tokens += plan.num_scheduled_tokens
+            request.num_pending_tokens += plan.samples
         num_decode = sum(p.num_scheduled_tokens for p in running_part + new_part if p.is_decode)
         total = sum(num_scheduled.values())
         assert total <= self.config.max_num_batched_tokens and len(self.running) <= self.config.max_num_seqs
@@ -243,6 +256,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
+            if request.num_output_tokens + request.num_pending_tokens >= request.max_tokens:
+                i += 1  # its last token is in flight: nothing more to compute
+                continue
             num_new = self._num_new_tokens(request, budget)
             while not self.block_manager.allocate_slots(request, num_new):
                 victim = self.waiting.victim(self.running)
@@ -266,6 +282,7 @@ class Scheduler:
         now = self.clock()
         while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
             request = self.waiting.peek()
+            assert request.num_pending_tokens == 0, "a pending token arrives before the next plan"
             hit = bm.get_computed_blocks(request)
             num_new = request.num_tokens - hit.num_tokens
             if cfg.long_prefill_token_threshold:
@@ -289,7 +306,7 @@ class Scheduler:
     def update_from_output(
         self, scheduler_output: SchedulerOutput, sampled_token_ids: Mapping[str, Sequence[int]]
     ) -> StepResult:
-        """Advance computed counts, append sampled tokens, finish requests that hit a stop."""
+        """Append sampled tokens, finish requests that hit a stop (counts advanced at planning)."""
         planned = scheduler_output.scheduled_requests
         unplanned = set(sampled_token_ids) - {p.request_id for p in planned}
         if unplanned:
@@ -308,12 +325,8 @@ class Scheduler:
         for plan in planned:
             tokens = sampled_token_ids.get(plan.request_id, ())
             request = self.requests.get(plan.request_id)
-            if request is None or request.status != RequestStatus.RUNNING:
-                continue  # aborted or stopped between schedule() and now: its blocks are gone
-            assert request.num_computed_tokens == plan.start_position
-            request.num_computed_tokens += plan.num_scheduled_tokens
-            if not tokens:
-                continue
+            if request is None or not tokens:
+                continue  # finished or aborted since the plan (blocks gone), or a partial chunk
             request.append_output_token(tokens[0], now)
             new_token_ids[request.request_id] = (tokens[0],)
             stop = self._check_stop(request, tokens[0])
@@ -361,14 +374,19 @@ class Scheduler:
         start, end = request.num_computed_tokens, request.num_computed_tokens + num_new
         assert 0 < num_new and end <= request.num_tokens
         assert len(request.block_ids) * self.block_manager.block_size >= end
+        token_ids = request.all_token_ids[start:end]
+        if end > len(request.all_token_ids):  # a decode of the token the step in flight samples
+            assert num_new == 1 and request.num_pending_tokens == 1
+            token_ids = [PENDING_TOKEN_ID]
         return ScheduledRequest(
             request_id=request.request_id,
-            token_ids=tuple(request.all_token_ids[start:end]),
+            token_ids=tuple(token_ids),
             start_position=start,
             block_ids=tuple(request.block_ids),
             sampling_params=request.sampling_params,
             samples=end == request.num_tokens,
-            is_decode=num_new == 1 and end == request.num_tokens and request.num_output_tokens > 0,
+            is_decode=num_new == 1 and end == request.num_tokens
+            and request.num_output_tokens + request.num_pending_tokens > 0,
         )
 
     def _preempt(self, request: Request) -> None:

@@ -1,6 +1,7 @@
 """Offline throughput of the engine against HF transformers, and batch-1 decode, on one GPU.
 
-    python -m aisp.workloads.offline_throughput --model llama-3-8b [--json PATH]
+    python -m aisp.workloads.offline_throughput --model llama-3-8b [--variants default,sync,eager]
+        [--json PATH]
 
 - engine: `num_prompts` random-token prompts of `input_len` tokens, `output_len` tokens each
   (EOS ignored), all submitted at once; continuous batching does the rest.
@@ -12,8 +13,11 @@
 
 The engine's roofline fraction for the whole run: the floor is, per decode step, the weights
 plus the KV history read over the copy bandwidth, and 2 x params FLOPs per token over the matmul
-ceiling; prefill is counted as FLOPs. Both runs happen in one process, so the ratio is measured
-in one run on one GPU.
+ceiling; prefill is counted as FLOPs. All runs happen in one process, so the ratios are
+measured in one run on one GPU.
+
+Variants are the engine with one switch turned off (VARIANTS), run in the same process, so the
+gain of each optimization is measured in one run: `default` has them all.
 """
 
 from __future__ import annotations
@@ -38,12 +42,21 @@ def _free() -> None:
     torch.cuda.empty_cache()
 
 
+# Engine options that differ from the defaults, per variant: each turns one optimization off.
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "sync": {"async_scheduling": "off"},     # host planning between GPU steps, not during them
+    "eager": {"decode_graphs": "off"},       # decode steps launched op by op from Python
+}
+
+
 def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
-               max_num_seqs: int, kv_fraction: float, decode_graphs: str = "auto") -> dict:
+               max_num_seqs: int, kv_fraction: float, variant: str = "default",
+               profile: bool = True) -> dict:
     t_init = time.perf_counter()
     engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max_num_seqs,
                                     kv_cache_memory_fraction=kv_fraction,
-                                    max_num_batched_tokens=8192, decode_graphs=decode_graphs))
+                                    max_num_batched_tokens=8192, **VARIANTS[variant]))
     init_s = time.perf_counter() - t_init
     mc = engine.model_config
     vocab = mc.vocab_size
@@ -73,14 +86,19 @@ def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
                                  "execute": med([s.execute_s for s in decode]),
                                  "update": med([s.update_s for s in decode]),
                                  "num_steps": len(decode)}
-    summary["gpu_decode_step_ms"] = _profile_decode_gpu_time(engine, prompts[:max_num_seqs], params)
+    summary["ttft_p90_ms"] = sorted(o.metrics.ttft for o in outs)[int(0.9 * len(outs))] * 1e3
+    summary["prefill_s"] = max(o.metrics.first_token_time for o in outs) - \
+        min(o.metrics.arrival_time for o in outs)
+    summary["gpu_decode_step_ms"] = (_profile_decode_gpu_time(engine, prompts[:max_num_seqs], params)
+                                     if profile else None)
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     n_params = sum(p.numel() for p in engine.model.parameters())
     kv_per_token = engine.kv_cache.spec.bytes_per_token
     one = engine.generate(random_prompts(1, input_len, vocab, seed=2), params)[0]
     del engine
     _free()
-    return {"summary": summary, "decode_graphs": decode_graphs, "init_s": init_s,
+    return {"summary": summary, "variant": variant, "options": VARIANTS[variant],
+            "init_s": init_s,
             "weight_bytes": weight_bytes, "params": n_params,
             "kv_bytes_per_token": kv_per_token, "batch1_tpot_ms": one.metrics.tpot * 1e3,
             "batch1_tokens_per_s": 1.0 / one.metrics.tpot}
@@ -169,19 +187,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hf-batch", type=int, default=64)
     ap.add_argument("--kv-fraction", type=float, default=0.5)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
-    ap.add_argument("--compare-eager", action="store_true",
-                    help="also run the engine with decode graphs off, in the same process")
+    ap.add_argument("--variants", default="default",
+                    help=f"comma-separated engine variants to run in this process, the first "
+                         f"one profiled and used for the roofline: {', '.join(VARIANTS)}")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     info = detect()
     if info.device_type != "cuda":
         raise SystemExit("offline_throughput compares GPU throughput; it needs a CUDA GPU")
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     ceil = ceilings(info)
-    eng = engine_run(a.model, a.num_prompts, a.input_len, a.output_len, a.max_num_seqs,
-                     a.kv_fraction)
+    runs = {v: engine_run(a.model, a.num_prompts, a.input_len, a.output_len, a.max_num_seqs,
+                          a.kv_fraction, v, profile=i == 0) for i, v in enumerate(variants)}
+    eng = runs[variants[0]]
     roof = roofline(eng, a.input_len, a.output_len, a.num_prompts, ceil)
-    eager = engine_run(a.model, a.num_prompts, a.input_len, a.output_len, a.max_num_seqs,
-                       a.kv_fraction, decode_graphs="off") if a.compare_eager else None
     hf = None if a.no_hf else hf_run(a.model, a.num_prompts, a.input_len, a.output_len,
                                      a.hf_batch)
     s = eng["summary"]
@@ -196,12 +218,15 @@ def main(argv: list[str] | None = None) -> dict:
           f"of {g['wall_ms']:.2f} ms (profiled)")
     for name, ms in g["top_kernels_ms"][:5]:
         print(f"      {ms:7.3f} ms  {name}")
-    if eager:
-        e = eager["summary"]
-        print(f"  engine, decode graphs off: {e['output_tokens_per_s']:,.0f} output tok/s "
-              f"(median step {e['median_step_ms']:.2f} ms, batch-1 TPOT "
-              f"{eager['batch1_tpot_ms']:.2f} ms) -> graphs gain "
-              f"{s['output_tokens_per_s'] / e['output_tokens_per_s']:.2f}x")
+    print(f"  {'variant':<9} {'out tok/s':>10} {'vs first':>8} {'decode step ms':>15} "
+          f"{'sched/exec/upd ms':>18} {'TTFT med/p90 ms':>16} {'prefill s':>9} {'b1 TPOT ms':>10}")
+    for name, run in runs.items():
+        r, d = run["summary"], run["summary"]["decode_step_ms"]
+        print(f"  {name:<9} {r['output_tokens_per_s']:>10,.0f} "
+              f"{r['output_tokens_per_s'] / s['output_tokens_per_s']:>7.2f}x {d['total']:>15.2f} "
+              f"{d['schedule']:>6.2f}/{d['execute']:>5.2f}/{d['update']:>5.2f} "
+              f"{r['ttft_median_ms']:>8,.0f}/{r['ttft_p90_ms']:>7,.0f} {r['prefill_s']:>9.2f} "
+              f"{run['batch1_tpot_ms']:>10.2f}")
     if hf:
         print(f"  HF transformers {hf['transformers']} (eager, batch {a.hf_batch}): "
               f"{hf['output_tokens_per_s']:,.0f} output tok/s -> engine / HF = "
@@ -210,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"ms; weight-bytes floor {roof['batch1_floor_ms']:.2f} ms = "
           f"{roof['batch1_fraction']:.1%} of roofline)")
     result = {"model": a.model, "args": vars(a), "hardware": info.to_dict(),
-              "ceilings": ceil.to_dict(), "engine": eng, "engine_eager": eager, "roofline": roof,
+              "ceilings": ceil.to_dict(), "engine": eng, "variants": runs, "roofline": roof,
               "hf": hf}
     if a.json:
         with open(a.json, "w") as f:

@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 
 from aisp.engine.block_manager import BlockManager
-from aisp.engine.request import Request
+from aisp.engine.request import PENDING_TOKEN_ID, Request
 from aisp.engine.sampling_params import SamplingParams
 from aisp.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, StepResult
 
@@ -43,6 +43,7 @@ class FakeRunner:
         self.vocab = vocab
         self.kv: dict[int, int] = {}       # flat slot -> fingerprint of (position, tokens[:position+1])
         self.num_tokens_run = 0
+        self.last_sampled: dict[str, list[int]] = {}
 
     @staticmethod
     def _fingerprint(tokens: Sequence[int], position: int) -> int:
@@ -54,16 +55,26 @@ class FakeRunner:
             return scripted[request.num_output_tokens]
         if self.rng is not None:
             return self.rng.randint(*self.vocab)
-        return 1000 + request.num_tokens  # deterministic, never an eos id used by the tests
+        return 1000 + len(request.all_token_ids)  # deterministic, never an eos id used by the tests
 
     def execute(self, output: SchedulerOutput) -> dict[str, list[int]]:
+        """Run a plan now. Under async scheduling the previous plan's tokens may not have been
+        fed back yet: a PENDING_TOKEN_ID input must then be the token this runner sampled for
+        that request in its previous call, which the runner substitutes (as the real one does
+        on the device)."""
         sampled: dict[str, list[int]] = {}
+        previous, self.last_sampled = self.last_sampled, sampled
         for plan in output.scheduled_requests:
             request = self.scheduler.get_request(plan.request_id)
             assert request is not None, f"{plan.request_id} was scheduled but is not live"
             tokens = request.all_token_ids
             start, end = plan.start_position, plan.start_position + plan.num_scheduled_tokens
-            assert plan.token_ids == tuple(tokens[start:end]), "plan feeds the wrong tokens"
+            if end > len(tokens):  # its input was sampled by the step still in flight
+                assert plan.token_ids == (PENDING_TOKEN_ID,) and plan.is_decode
+                assert request.num_pending_tokens == 2
+                tokens = tokens + previous[plan.request_id]
+            else:
+                assert plan.token_ids == tuple(tokens[start:end]), "plan feeds the wrong tokens"
             assert len(plan.block_ids) * self.block_size >= end, "block table too short"
             slots = plan.slot_mapping(self.block_size)
             assert len(set(slots)) == len(slots)

@@ -1,6 +1,8 @@
 """The engine against HF transformers on tiny random checkpoints: identical greedy tokens for
 batched requests of different lengths, under chunked prefill, forced preemption and prefix
-caching — each a different path through scheduler, block tables and kernels."""
+caching — each a different path through scheduler, block tables and kernels. Each runs with
+synchronous steps and with async scheduling (one step in flight, inputs filled in from the
+previous step's sampled ids), which must not change a token."""
 
 from __future__ import annotations
 
@@ -45,23 +47,28 @@ def hf_greedy(model, prompt: list[int], n: int = NEW) -> list[int]:
     return out
 
 
+SCHEDULING = pytest.mark.parametrize("scheduling", ["off", "on"], ids=["sync", "async"])
+
+
 def engine(folder, **kw) -> LLMEngine:
     return LLMEngine(EngineConfig(model=str(folder), device="cpu", dtype="float32", **kw))
 
 
-def test_batched_greedy_matches_hf(checkpoint):
+@SCHEDULING
+def test_batched_greedy_matches_hf(checkpoint, scheduling):
     folder, model = checkpoint
     prompts = _prompts(0)
-    outs = engine(folder).generate(prompts, GREEDY)
+    outs = engine(folder, async_scheduling=scheduling).generate(prompts, GREEDY)
     for prompt, out in zip(prompts, outs):
         assert list(out.output_token_ids) == hf_greedy(model, prompt)
         assert out.finish_reason == "length"
 
 
-def test_chunked_prefill_with_a_small_budget_matches_hf(checkpoint):
+@SCHEDULING
+def test_chunked_prefill_with_a_small_budget_matches_hf(checkpoint, scheduling):
     folder, model = checkpoint
     prompts = _prompts(1, lengths=(23, 6, 14))
-    eng = engine(folder, max_num_batched_tokens=8)
+    eng = engine(folder, max_num_batched_tokens=8, async_scheduling=scheduling)
     seen_mixed = []
     eng.step_listeners.append(lambda s: seen_mixed.append(
         s.scheduler.num_prefill_tokens > 0 and s.scheduler.num_decode_tokens > 0))
@@ -71,11 +78,13 @@ def test_chunked_prefill_with_a_small_budget_matches_hf(checkpoint):
         assert list(out.output_token_ids) == hf_greedy(model, prompt)
 
 
-def test_forced_preemption_loses_nothing(checkpoint):
+@SCHEDULING
+def test_forced_preemption_loses_nothing(checkpoint, scheduling):
     folder, model = checkpoint
     prompts = _prompts(2, lengths=(20, 18, 22, 19))
     # 8 blocks of 4 tokens: each request needs 8 blocks at the end, so they cannot all run.
-    eng = engine(folder, block_size=4, num_kv_blocks=10, max_model_len=40)
+    eng = engine(folder, block_size=4, num_kv_blocks=10, max_model_len=40,
+                 async_scheduling=scheduling)
     preemptions = []
     eng.step_listeners.append(lambda s: preemptions.append(s.scheduler.num_preemptions))
     outs = eng.generate(prompts, GREEDY)
@@ -86,11 +95,12 @@ def test_forced_preemption_loses_nothing(checkpoint):
     assert eng.block_manager.num_free_blocks == 10  # nothing leaked (cached blocks count as free)
 
 
-def test_prefix_cache_changes_no_output_and_hits(checkpoint):
+@SCHEDULING
+def test_prefix_cache_changes_no_output_and_hits(checkpoint, scheduling):
     folder, model = checkpoint
     shared = _prompts(3, lengths=(33,))[0]
     prompts = [shared + tail for tail in _prompts(4, lengths=(4, 7, 2))]
-    eng = engine(folder, block_size=8)
+    eng = engine(folder, block_size=8, async_scheduling=scheduling)
     first = eng.generate(prompts[:1], GREEDY)
     hits_before = eng.block_manager.prefix_cache_hits
     rest = eng.generate(prompts[1:], GREEDY)
@@ -116,11 +126,13 @@ def test_triton_kernels_through_the_engine(checkpoint):
     assert [o.output_token_ids for o in tri] == [o.output_token_ids for o in ref]
 
 
-def test_padded_graph_buffers_give_the_same_tokens(checkpoint):
+@SCHEDULING
+def test_padded_graph_buffers_give_the_same_tokens(checkpoint, scheduling):
     """The CUDA-graph decode path's static, padded buffers (run eagerly here) change nothing:
     padding rows must not write KV or disturb real rows, for every bucket size crossed."""
     folder, model = checkpoint
     prompts = _prompts(6, lengths=(5, 9, 17, 3, 11))
-    outs = engine(folder, decode_graphs="buffers", max_num_seqs=8).generate(prompts, GREEDY)
+    outs = engine(folder, decode_graphs="buffers", max_num_seqs=8,
+                  async_scheduling=scheduling).generate(prompts, GREEDY)
     for prompt, out in zip(prompts, outs):
         assert list(out.output_token_ids) == hf_greedy(model, prompt)

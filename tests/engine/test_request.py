@@ -12,7 +12,9 @@ def test_counts_and_append():
     r = Request("r", [5, 6, 7], SamplingParams(max_tokens=4), arrival_time=1.0, priority=2)
     assert (r.num_prompt_tokens, r.num_output_tokens, r.num_tokens, r.max_tokens) == (3, 0, 3, 4)
     assert r.prompt_token_ids == (5, 6, 7) and r.status == RequestStatus.WAITING
+    r.num_pending_tokens = 1  # a step sampled it
     r.append_output_token(9, now=2.0)
+    r.num_pending_tokens = 1
     r.append_output_token(10, now=3.0)
     assert r.all_token_ids == [5, 6, 7, 9, 10] and r.num_tokens == 5
     assert r.first_token_time == 2.0 and r.token_times == [2.0, 3.0]

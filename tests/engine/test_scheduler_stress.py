@@ -4,6 +4,8 @@ Invariants are asserted after every schedule() and every update (engine_fakes.ch
 counts match block tables, no block is both free and used, usage in [0, 1], request rulers hold,
 and the fake runner checks every chunk's context KV (so preemption and prefix hits lose nothing).
 At the end every request is finished, its streamed tokens equal its output, and no block leaked.
+With `in_flight=True` the driver keeps one step in flight, as the engine's async scheduling
+does: each plan is made before the previous plan's tokens are fed back.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ STOP_ID = 3
 @pytest.mark.parametrize("policy", ["fcfs", "priority"])
 @pytest.mark.parametrize("prefix_caching", [False, True])
 @pytest.mark.parametrize("chunked", [True, False])
-def test_random_workload_keeps_invariants_and_leaks_nothing(policy, prefix_caching, chunked):
-    seed = {"fcfs": 1, "priority": 2}[policy] * 100 + prefix_caching * 10 + chunked
+@pytest.mark.parametrize("in_flight", [False, True], ids=["sync", "async"])
+def test_random_workload_keeps_invariants_and_leaks_nothing(policy, prefix_caching, chunked, in_flight):
+    seed = {"fcfs": 1, "priority": 2}[policy] * 100 + prefix_caching * 10 + chunked + 1000 * in_flight
     rng = random.Random(seed)
     max_model_len = 48
     sched, bm = make_scheduler(
@@ -38,6 +41,7 @@ def test_random_workload_keeps_invariants_and_leaks_nothing(policy, prefix_cachi
     all_requests: list[Request] = []
     streamed: dict[str, list[int]] = {}
     totals = {"preemptions": 0, "hits": 0, "aborts": 0, "stop_strings": 0}
+    launched = None  # (plan, sampled) whose tokens are not fed back yet
 
     for step_index in range(400):
         if step_index < 300 and rng.random() < 0.35:
@@ -62,12 +66,24 @@ def test_random_workload_keeps_invariants_and_leaks_nothing(policy, prefix_cachi
         assert 0.0 <= out.stats.kv_cache_usage <= 1.0
         assert out.stats.num_prefill_tokens + out.stats.num_decode_tokens == out.total_num_scheduled_tokens
         if sched.requests and not out.preempted_request_ids:
-            # Progress: with nothing preempted, something runs whenever anything is live.
-            assert out.total_num_scheduled_tokens > 0 or not sched.running
+            # Progress: with nothing preempted, something runs whenever anything is live and
+            # still needs a token computed (not merely its last one in flight).
+            assert out.total_num_scheduled_tokens > 0 or not sched.running or all(
+                r.num_output_tokens + r.num_pending_tokens >= r.max_tokens for r in sched.running)
         totals["preemptions"] += out.stats.num_preemptions
         totals["hits"] += out.stats.prefix_cache_hits
 
-        result = sched.update_from_output(out, runner.execute(out))
+        sampled = runner.execute(out)
+        if in_flight and not out.is_empty:
+            (out, sampled), launched = launched or (out, None), (out, sampled)
+            if sampled is None:  # nothing was in flight yet
+                continue
+        elif launched is not None:  # an empty plan: feed the step in flight back first
+            result = sched.update_from_output(*launched)
+            for rid, tokens in result.new_token_ids.items():
+                streamed[rid].extend(tokens)
+            launched = None
+        result = sched.update_from_output(out, sampled)
         check_all(sched)
         for rid, tokens in result.new_token_ids.items():
             streamed[rid].extend(tokens)
@@ -77,7 +93,7 @@ def test_random_workload_keeps_invariants_and_leaks_nothing(policy, prefix_cachi
                 sched.finish_request(rid, RequestStatus.FINISHED_STOPPED, stop_reason="</s>")
                 totals["stop_strings"] += 1
                 check_all(sched)
-        if step_index >= 300 and not sched.has_unfinished_requests():
+        if step_index >= 300 and not sched.has_unfinished_requests() and launched is None:
             break
     assert not sched.has_unfinished_requests(), "the workload did not drain in 400 steps"
 
