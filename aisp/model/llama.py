@@ -10,6 +10,14 @@ Contract:
 - `compute_logits(hidden [n, hidden_size]) -> [n, vocab_size]` in float32; callers pass only the
   rows they sample from (usually the last token of each sequence), which keeps the vocab-sized
   GEMM small.
+- `set_elementwise_kernels("torch" | "triton")` picks, for every layer at once, how RMSNorm (with
+  the residual add before it), RoPE and SiLU·mul run: "torch" (default) is the plain-torch math
+  of aisp.kernels.fused_elementwise (HF's, bit for bit); "triton" runs the fused kernels there
+  (CUDA, or the interpreter in tests; graph-capture safe). On GPUs they match the torch math
+  bit for bit except RMSNorm's float32 sum of squares (another reduction order), whose rare
+  one-ulp flips make 16-bit logits differ slightly between the two. Each layer carries
+  (hidden, residual) the way vLLM does, so the add before each norm is fused into it; the sums
+  are those of x + attn(norm(x)), x + mlp(norm(x)), in either mode.
 - Parameter names (what the loader fills): embed_tokens, layers.N.input_layernorm,
   layers.N.self_attn.{qkv_proj, o_proj, q_norm, k_norm}, layers.N.post_attention_layernorm,
   layers.N.mlp.{gate_up_proj, down_proj}, norm, lm_head (absent when tied: logits then use
@@ -22,23 +30,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aisp.kernels.fused_elementwise import rms_norm, rms_norm_ref, silu_and_mul, silu_and_mul_ref
 from aisp.model.attention_backend import AttentionBackend
 from aisp.model.config import ModelConfig
-from aisp.model.rope import RotaryEmbedding, apply_rotary
+from aisp.model.rope import Rope, RotaryEmbedding
+
+ELEMENTWISE_KERNELS = ("torch", "triton")
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 and cast back before the weight, exactly as HF's LlamaRMSNorm."""
+    """RMSNorm computed in float32 and cast back before the weight, exactly as HF's LlamaRMSNorm.
+
+    `norm(x)` -> normed; `norm(x, residual)` -> (normed, x + residual), the add fused into the norm.
+    """
+
+    elementwise_kernels: str = "torch"  # or "triton"; LlamaForCausalLM.set_elementwise_kernels sets it
 
     def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        norm = rms_norm if self.elementwise_kernels == "triton" else rms_norm_ref
+        return norm(x, self.weight, self.eps, residual)
 
 
 class LlamaAttention(nn.Module):
@@ -60,8 +76,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn: AttentionBackend) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, rope: Rope, attn: AttentionBackend) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
@@ -69,7 +84,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # Qwen3 normalises each head before RoPE
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = rope(q, k)  # the Triton path rotates in place, inside the qkv output; v is untouched
         out = attn.forward(self.layer_idx, q, k, v)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
@@ -77,18 +92,25 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """SiLU-gated MLP with gate and up fused into one GEMM: down(silu(gate(x)) * up(x))."""
 
+    elementwise_kernels: str = "torch"  # or "triton"; LlamaForCausalLM.set_elementwise_kernels sets it
+
     def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False, dtype=dtype)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        act = silu_and_mul if self.elementwise_kernels == "triton" else silu_and_mul_ref
+        return self.down_proj(act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)), as a residual stream (vLLM).
+
+    `layer(hidden, residual) -> (hidden, residual)`: the sum hidden + residual is this layer's
+    input x, formed inside input_layernorm; the first layer gets residual None (its hidden is x).
+    The last layer's pair goes to the final norm the same way.
+    """
 
     def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -97,10 +119,15 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = LlamaMLP(config, dtype)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn: AttentionBackend) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, attn)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Rope,
+                attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, rope, attn)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -109,6 +136,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.config = config
+        self.elementwise_kernels = "torch"  # set_elementwise_kernels changes it for every layer
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, dtype) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
@@ -136,6 +164,16 @@ class LlamaForCausalLM(nn.Module):
         # Inference only: no autograd graph even if a caller forgets inference_mode.
         return model.requires_grad_(False).eval()
 
+    def set_elementwise_kernels(self, kernels: str) -> None:
+        """"torch" (the twins: today's math, any device) or "triton" (fused kernels) for every layer."""
+        if kernels not in ELEMENTWISE_KERNELS:
+            raise ValueError(f"elementwise kernels {kernels!r} unknown; choose one of "
+                             f"{', '.join(ELEMENTWISE_KERNELS)}")
+        self.elementwise_kernels = kernels
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, LlamaMLP, RotaryEmbedding)):
+                module.elementwise_kernels = kernels
+
     @property
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -145,10 +183,12 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"forward takes a flattened batch: input_ids and positions 1-D and of equal "
                              f"length; got input_ids {tuple(input_ids.shape)}, positions {tuple(positions.shape)}")
         hidden = self.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb.cos_sin(positions)  # shared by every layer
+        rope = self.rotary_emb.for_positions(positions)  # looked up once, applied in every layer
+        residual = None
         for layer in self.layers:
-            hidden = layer(hidden, cos, sin, attn)
-        return self.norm(hidden)
+            hidden, residual = layer(hidden, residual, rope, attn)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden_size] -> float32 logits [n, vocab_size]: the sampler's softmax wants full precision."""

@@ -6,10 +6,13 @@ Contract:
   `_compute_llama3_parameters`, so HF checkpoints reproduce).
 - `RotaryEmbedding` holds one cos|sin cache of shape [max_positions, 2 * head_dim] in float32 (a
   non-persistent buffer: derived from config, never loaded from or saved to a checkpoint).
-  `cos_sin(positions)` gathers it once per forward; `apply_rotary` uses it in every layer.
-- `RotaryEmbedding.forward(positions, q, k)` rotates q [num_tokens, num_q_heads, head_dim] and
+- `RotaryEmbedding.for_positions(positions)` is called once per forward and returns
+  `rope(q, k) -> (q, k)` for every layer, rotating q [num_tokens, num_q_heads, head_dim] and
   k [num_tokens, num_kv_heads, head_dim] by each token's own position (1-D `positions`, one per
-  flattened token), computing in float32 and returning tensors in the input dtype.
+  flattened token) in float32, results in the input dtype. `elementwise_kernels` picks how:
+  "torch" gathers cos/sin once there and returns new tensors (`apply_rotary`); "triton" rotates
+  q and k in place from the whole cache, one launch per layer (`rotary_`). `forward(positions,
+  q, k)` is the same for a single call. The formulas live in aisp.kernels.fused_elementwise.
 - The halves layout is non-interleaved: dimension i pairs with i + head_dim/2 (HF's rotate_half),
   not (2i, 2i+1) as in Meta's original checkpoints; HF-converted weights assume this layout.
 - Positions are not range-checked on the forward path (that would cost a device sync per step);
@@ -19,11 +22,16 @@ Contract:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from aisp.kernels.fused_elementwise import apply_rotary, gather_cos_sin, rotary_
 from aisp.model.config import RopeScaling
+
+# What `RotaryEmbedding.for_positions` returns: (q, k) -> rotated (q, k) for one forward's positions.
+Rope = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None,
@@ -47,16 +55,11 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = Non
     return torch.where(is_medium, smoothed, scaled)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """[x1, x2] -> [-x2, x1] on the last dim: the rotation partner of HF's non-interleaved layout."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class RotaryEmbedding(nn.Module):
     """cos/sin cache for positions [0, max_positions) and its application to q and k."""
 
     cos_sin_cache: torch.Tensor
+    elementwise_kernels: str = "torch"  # or "triton"; LlamaForCausalLM.set_elementwise_kernels sets it
 
     def __init__(self, head_dim: int, max_positions: int, theta: float,
                  scaling: RopeScaling | None = None) -> None:
@@ -96,16 +99,21 @@ class RotaryEmbedding(nn.Module):
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 cos and sin [num_tokens, 1, head_dim] for `positions`; look up once per forward."""
-        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
-        return cos, sin
+        return gather_cos_sin(self.cos_sin_cache, positions)
+
+    def for_positions(self, positions: torch.Tensor) -> Rope:
+        """`rope(q, k) -> (q, k)` at `positions`, built once per forward and applied in every layer.
+
+        The torch path gathers cos/sin here, once, and returns new tensors; the Triton path keeps
+        the whole cache and the positions and rotates q and k in place (their buffer, usually the
+        fused qkv output, is overwritten).
+        """
+        if self.elementwise_kernels == "triton":
+            cache = self.cos_sin_cache
+            return lambda q, k: rotary_(q, k, cache, positions)
+        cos, sin = self.cos_sin(positions)
+        return lambda q, k: (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin))
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor,
                 k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin(positions)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] rotated by per-token cos/sin [T, 1, D]; float32 math, result in x's dtype."""
-    xf = x.float()
-    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+        return self.for_positions(positions)(q, k)
