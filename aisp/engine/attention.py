@@ -40,6 +40,7 @@ class AttentionMetadata:
     prefill_block_tables: torch.Tensor    # int32 [num_prefills, max_blocks]
     prefill_query_start_loc: torch.Tensor  # int32 [num_prefills + 1], offsets in the prefill part
     prefill_seq_lens: torch.Tensor        # int32 [num_prefills], cached + new tokens
+    prefill_max_query_len: int = 0        # host: the longest prefill chunk (sizes the kernel grid)
 
     @property
     def num_prefills(self) -> int:
@@ -69,10 +70,12 @@ class PagedAttention:
                                 m.decode_context_lens, scale)
         if nd == 0:
             return self._prefill(q, k_cache, v_cache, m.prefill_block_tables,
-                                 m.prefill_query_start_loc, m.prefill_seq_lens, scale)
+                                 m.prefill_query_start_loc, m.prefill_seq_lens, scale,
+                                 m.prefill_max_query_len)
         out = torch.empty_like(q)
         out[:nd] = self._decode(q[:nd], k_cache, v_cache, m.decode_block_tables,
                                 m.decode_context_lens, scale)
         out[nd:] = self._prefill(q[nd:], k_cache, v_cache, m.prefill_block_tables,
-                                 m.prefill_query_start_loc, m.prefill_seq_lens, scale)
+                                 m.prefill_query_start_loc, m.prefill_seq_lens, scale,
+                                 m.prefill_max_query_len)
         return out

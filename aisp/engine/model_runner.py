@@ -114,6 +114,7 @@ class ModelRunner:
             prefill_query_start_loc=to_device(qsl, torch.int32, dev),
             prefill_seq_lens=to_device([s.start_position + s.num_scheduled_tokens
                                         for s in prefills], torch.int32, dev),
+            prefill_max_query_len=max((s.num_scheduled_tokens for s in prefills), default=0),
         )
         input_ids_t = to_device(input_ids, torch.int64, dev)
         pending = self._pending_inputs(order)
