@@ -206,7 +206,10 @@ class LLMEngine:
         return [r.request_id for r in aborted]
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+        """Whether a request still awaits output. A step left in flight once none does holds
+        only tokens of finished requests (sampled after their stop), so it needs no draining:
+        the next step reads and drops them."""
+        return self.scheduler.has_unfinished_requests()
 
     # -- the loop --------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

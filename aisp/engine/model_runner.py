@@ -3,8 +3,8 @@
 Contract: `launch(plan: SchedulerOutput) -> SampledTokens` enqueues one forward pass and the
 sampling on the device and returns at once; `SampledTokens.result()` waits for the ids and gives
 `{request_id: [token]}` for every scheduled request whose chunk reaches the end of its sequence
-(`ScheduledRequest.samples`); partial prefill chunks only fill the KV cache. `execute(plan)` is
-the two in one (synchronous steps).
+(`ScheduledRequest.samples`); partial prefill chunks only fill the KV cache. A synchronous step
+calls `result()` at once; async scheduling calls it after launching the next step.
 
 Async scheduling: the engine may launch step N+1 before it reads step N's ids. A decode whose
 input is a token step N sampled carries `PENDING_TOKEN_ID`; the runner fills it in on the device
@@ -121,10 +121,6 @@ class ModelRunner:
         if pending is not None:
             input_ids_t.index_copy_(0, *pending)
         return input_ids_t, to_device(positions, torch.int64, dev), meta
-
-    def execute(self, plan: SchedulerOutput) -> dict[str, list[int]]:
-        """One synchronous step: launch, then wait for the sampled ids."""
-        return self.launch(plan).result()
 
     @torch.inference_mode()
     def launch(self, plan: SchedulerOutput) -> SampledTokens:

@@ -57,7 +57,9 @@ _MAX_SPLITS = 32
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@triton.jit
+# Eager (mixed) steps pad the block table to their own longest sequence and pick their own split
+# count: no compiled variant per value class of those (seconds each, inside a served step).
+@triton.jit(do_not_specialize=["num_splits", "stride_bt_seq"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     out_ptr, ws_m_ptr, ws_l_ptr, ws_acc_ptr,
@@ -131,7 +133,7 @@ def _decode_kernel(
         tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _merge_splits_kernel(
     out_ptr, ws_m_ptr, ws_l_ptr, ws_acc_ptr,
     num_q_heads, num_splits,

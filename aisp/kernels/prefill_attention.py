@@ -94,7 +94,9 @@ def _attend_key_tile(
     return acc, m_new, l_i
 
 
-@triton.jit
+# Batch sizes and the block table's padded width change from step to step; Triton would compile
+# a variant per "== 1 / divisible by 16" class of each (seconds each, inside a served step).
+@triton.jit(do_not_specialize=["num_seqs", "num_tokens", "stride_bt_seq"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
     qk_scale, num_seqs, num_tokens,

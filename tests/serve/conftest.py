@@ -28,8 +28,11 @@ def byte_model(tmp_path_factory) -> Path:
     return save_synthetic(config, tmp_path_factory.mktemp("byte-tiny"), seed=0)
 
 
-@pytest.fixture(scope="module")
-def server(byte_model) -> RunningServer:
-    srv = start_server(engine_config(byte_model), served_model_name="byte-tiny")
+@pytest.fixture(scope="module", params=["off", "on"], ids=["sync", "async"])
+def server(byte_model, request) -> RunningServer:
+    """The server over a synchronous engine, and over one with async scheduling (the GPU
+    default: outputs arrive a step later, stops are seen a step late)."""
+    srv = start_server(engine_config(byte_model, async_scheduling=request.param),
+                       served_model_name="byte-tiny")
     yield srv
     srv.stop(drain=False, timeout=5)

@@ -19,9 +19,9 @@ from tests.serve.conftest import NUM_KV_BLOCKS, engine_config
 GREEDY = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
 
 
-@pytest.fixture
-def llm(byte_model) -> LLMEngine:
-    return LLMEngine(engine_config(byte_model))
+@pytest.fixture(params=["off", "on"], ids=["sync", "async"])
+def llm(byte_model, request) -> LLMEngine:
+    return LLMEngine(engine_config(byte_model, async_scheduling=request.param))
 
 
 async def _collect(engine: AsyncLLMEngine, prompt, params=GREEDY):
