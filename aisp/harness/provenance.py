@@ -23,15 +23,19 @@ if TYPE_CHECKING:  # keeps this module free of torch, so torch-free tools (the l
 def git_sha(root: Path = REPO_ROOT) -> str:
     """HEAD's sha, suffixed '-dirty' when tracked files differ.
 
-    Outside a checkout with history (a copied tree on a remote GPU machine), AISP_GIT_SHA names
-    the commit the copy was made from; otherwise 'unknown'.
+    AISP_GIT_SHA, when set, names the commit a copied tree was made from and wins: a copy sent
+    to a remote GPU machine may carry a stale .git whose HEAD is some older commit (seen on the
+    H200: an old sha, '-dirty'). Without either, 'unknown'.
     """
+    named = os.environ.get("AISP_GIT_SHA")
+    if named:
+        return named
     try:
         r = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root,
                            capture_output=True, text=True, timeout=10)
         sha = r.stdout.strip() if r.returncode == 0 else ""
         if not sha:
-            return os.environ.get("AISP_GIT_SHA", "unknown")
+            return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
