@@ -244,6 +244,9 @@ def generate_command(
                                           help="auto, triton or torch."),
     decode_graphs: str = typer.Option("auto", "--decode-graphs",
                                       help="auto, cuda, buffers or off."),
+    async_scheduling: str = typer.Option("auto", "--async-scheduling",
+                                         help="auto (on for a GPU), on or off: plan the next "
+                                              "step while the GPU runs this one."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write summary + outputs here."),
 ) -> None:
     """Offline generation through the engine, with a progress bar and a throughput summary."""
@@ -263,7 +266,8 @@ def generate_command(
                            max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                            max_num_batched_tokens=max_num_batched_tokens,
                            enable_prefix_caching=not no_prefix_caching,
-                           attention_kernels=attention_kernels, decode_graphs=decode_graphs)
+                           attention_kernels=attention_kernels, decode_graphs=decode_graphs,
+                           async_scheduling=async_scheduling)
         params = SamplingParams(max_tokens=output_len, temperature=temperature, top_p=top_p,
                                 top_k=top_k, seed=seed if temperature > 0 else None,
                                 ignore_eos=ignore_eos)

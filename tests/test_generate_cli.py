@@ -42,3 +42,19 @@ def test_save_synthetic_round_trip(tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["model", "save-synthetic", "huge", str(tmp_path / "x")])
     assert r.exit_code == 2 and "unknown preset 'huge'" in r.output
+
+
+def test_generate_async_scheduling_flag_changes_no_token(tmp_path):
+    outs = {}
+    for mode in ("off", "on"):
+        path = tmp_path / f"{mode}.json"
+        r = CliRunner().invoke(app, ["generate", "--model", "tiny", "--num-prompts", "4",
+                                     "--input-len", "9", "--output-len", "6", "--ignore-eos",
+                                     "--device", "cpu", "--async-scheduling", mode,
+                                     "--json", str(path)])
+        assert r.exit_code == 0, r.output
+        outs[mode] = [o["output_token_ids"] for o in json.loads(path.read_text())["outputs"]]
+    assert outs["on"] == outs["off"]
+    r = CliRunner().invoke(app, ["generate", "--prompt", "x", "--device", "cpu",
+                                 "--async-scheduling", "sometimes"])
+    assert r.exit_code == 2 and "async_scheduling 'sometimes' unknown" in r.output

@@ -53,6 +53,9 @@ def serve_command(
                                           help="auto, triton or torch."),
     decode_graphs: str = typer.Option("auto", "--decode-graphs",
                                       help="auto, cuda, buffers or off."),
+    async_scheduling: str = typer.Option("auto", "--async-scheduling",
+                                         help="auto (on for a GPU), on or off: plan the next "
+                                              "step while the GPU runs this one."),
     drain_timeout: Optional[float] = typer.Option(None, "--drain-timeout", min=0,
                                                   help="On SIGTERM, abort requests still running "
                                                        "after this many seconds (default: wait)."),
@@ -69,7 +72,8 @@ def serve_command(
                               max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                               max_num_batched_tokens=max_num_batched_tokens,
                               enable_prefix_caching=not no_prefix_caching,
-                              attention_kernels=attention_kernels, decode_graphs=decode_graphs)
+                              attention_kernels=attention_kernels, decode_graphs=decode_graphs,
+                              async_scheduling=async_scheduling)
         engine = LLMEngine(config)
     except (ValueError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
