@@ -28,7 +28,7 @@ import torch
 from aisp.engine.attention import AttentionMetadata, PagedAttention
 from aisp.engine.host_io import to_device
 from aisp.engine.kv_cache import KVCache
-from aisp.engine.scheduler import ScheduledRequest
+from aisp.engine.plan import ScheduledRequest
 from aisp.model.llama import LlamaForCausalLM
 
 

@@ -34,7 +34,7 @@ from aisp.engine.host_io import to_device
 from aisp.engine.kv_cache import KVCache
 from aisp.engine.request import PENDING_TOKEN_ID
 from aisp.engine.sampler import Sampler, make_generator
-from aisp.engine.scheduler import ScheduledRequest, SchedulerOutput
+from aisp.engine.plan import ScheduledRequest, SchedulerOutput
 from aisp.model.llama import LlamaForCausalLM
 
 
