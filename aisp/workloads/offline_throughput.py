@@ -8,13 +8,16 @@
 - HF: the same preset's shapes as a transformers model (random weights: throughput does not
   depend on their values), eager attention with its dynamic cache, `generate` in batches of
   `hf_batch`, exactly `output_len` new tokens per prompt.
-- batch 1: one request; tokens/s from the engine's TPOT, against the weight-bytes roofline
-  (every decode step reads all weights once: weight bytes / measured copy bandwidth).
+- batch 1: one request; tokens/s from the engine's TPOT, against the bytes a decode step reads
+  (every weight except the embedding table's unread rows, plus the mean KV history) over the
+  measured copy bandwidth.
 
-The engine's roofline fraction for the whole run: the floor is, per decode step, the weights
-plus the KV history read over the copy bandwidth, and 2 x params FLOPs per token over the matmul
-ceiling; prefill is counted as FLOPs. All runs happen in one process, so the ratios are
-measured in one run on one GPU.
+The engine's roofline fraction for the whole run: the floor is the larger of the bytes read
+(weights per step, embedding rows per token, KV history) over the copy bandwidth and the matmul
+FLOPs (layers per token, LM head per sampled token, attention per query-key pair) over the
+matmul ceiling; both are counted by aisp.workloads.decoder_cost from the model itself. It is a
+lower bound: per step the larger of the two would be tighter. All runs happen in one process,
+so the ratios are measured in one run on one GPU.
 
 Variants are the engine with one switch turned off (VARIANTS), run in the same process, so the
 gain of each optimization is measured in one run: `default` has them all.
@@ -23,6 +26,7 @@ gain of each optimization is measured in one run: `default` has them all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import time
@@ -35,6 +39,7 @@ from aisp.engine.offline import random_prompts, summarize
 from aisp.engine.sampling_params import SamplingParams
 from aisp.hardware import ceilings, detect
 from aisp.model.presets import resolve_model
+from aisp.workloads.decoder_cost import DecoderCost, causal_pairs
 
 
 def _free() -> None:
@@ -94,13 +99,15 @@ def engine_run(model: str, num_prompts: int, input_len: int, output_len: int,
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     n_params = sum(p.numel() for p in engine.model.parameters())
     kv_per_token = engine.kv_cache.spec.bytes_per_token
+    cost = DecoderCost.of(engine.model, kv_per_token)
     one = engine.generate(random_prompts(1, input_len, vocab, seed=2), params)[0]
     del engine
     _free()
     return {"summary": summary, "variant": variant, "options": VARIANTS[variant],
             "init_s": init_s,
             "weight_bytes": weight_bytes, "params": n_params,
-            "kv_bytes_per_token": kv_per_token, "batch1_tpot_ms": one.metrics.tpot * 1e3,
+            "kv_bytes_per_token": kv_per_token, "cost": dataclasses.asdict(cost),
+            "batch1_tpot_ms": one.metrics.tpot * 1e3,
             "batch1_tokens_per_s": 1.0 / one.metrics.tpot}
 
 
@@ -164,16 +171,26 @@ def hf_run(model: str, num_prompts: int, input_len: int, output_len: int, batch:
 
 
 def roofline(eng: dict, input_len: int, output_len: int, num_prompts: int, ceil) -> dict:
-    """Floor time of the engine run: weights + KV reads per decode step, FLOPs per token."""
+    """Floor time of the engine run and of a batch-1 decode step (module docstring)."""
     s = eng["summary"]
+    cost = DecoderCost(**eng["cost"])
+    seq_tokens = input_len + output_len - 1          # the last sampled token is never fed back
+    num_tokens = num_prompts * seq_tokens
     kv_tokens_read = num_prompts * sum(input_len + t for t in range(1, output_len))
-    mem_s = (s["num_steps"] * eng["weight_bytes"] + kv_tokens_read * eng["kv_bytes_per_token"]) \
-        / ceil.copy_bytes_per_s
-    flop_s = 2.0 * eng["params"] * num_prompts * (input_len + output_len) / ceil.matmul_flops_per_s
+    weights_per_step = cost.step_bytes(num_tokens=0, kv_tokens_read=0)
+    mem_bytes = (s["num_steps"] * weights_per_step
+                 + (cost.step_bytes(num_tokens, kv_tokens_read) - weights_per_step))
+    mem_s = mem_bytes / ceil.copy_bytes_per_s
+    flops = cost.flops(num_tokens=num_tokens, num_logits=num_prompts * output_len,
+                       attended_pairs=num_prompts * causal_pairs(0, seq_tokens))
+    flop_s = flops / ceil.matmul_flops_per_s
     floor = max(mem_s, flop_s)
-    batch1_floor_ms = eng["weight_bytes"] / ceil.copy_bytes_per_s * 1e3
+    batch1_bytes = cost.step_bytes(num_tokens=1, kv_tokens_read=input_len + output_len // 2)
+    batch1_floor_ms = batch1_bytes / ceil.copy_bytes_per_s * 1e3
     return {"floor_s": floor, "memory_floor_s": mem_s, "compute_floor_s": flop_s,
-            "fraction": floor / s["wall_s"], "batch1_floor_ms": batch1_floor_ms,
+            "bytes": mem_bytes, "flops": flops,
+            "fraction": floor / s["wall_s"], "batch1_bytes": batch1_bytes,
+            "batch1_floor_ms": batch1_floor_ms,
             "batch1_fraction": batch1_floor_ms / eng["batch1_tpot_ms"]}
 
 
@@ -232,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{hf['output_tokens_per_s']:,.0f} output tok/s -> engine / HF = "
               f"{s['output_tokens_per_s'] / hf['output_tokens_per_s']:.1f}x")
     print(f"  batch 1: {eng['batch1_tokens_per_s']:,.1f} tok/s (TPOT {eng['batch1_tpot_ms']:.2f} "
-          f"ms; weight-bytes floor {roof['batch1_floor_ms']:.2f} ms = "
-          f"{roof['batch1_fraction']:.1%} of roofline)")
+          f"ms; floor {roof['batch1_bytes'] / 1e9:.2f} GB read = {roof['batch1_floor_ms']:.2f} ms, "
+          f"{roof['batch1_fraction']:.1%} of it)")
     result = {"model": a.model, "args": vars(a), "hardware": info.to_dict(),
               "ceilings": ceil.to_dict(), "engine": eng, "variants": runs, "roofline": roof,
               "hf": hf}
