@@ -45,6 +45,7 @@ def result_to_dict(result: LoadTestResult) -> dict[str, Any]:
         "prefix_cache": asdict(result.prefix_cache) if result.prefix_cache else None,
         "max_in_flight": result.max_in_flight,
         "stopped_early": result.stopped_early,
+        "fitted": list(result.fitted),
         "environment": result.environment,
     }
 

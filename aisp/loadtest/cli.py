@@ -4,7 +4,9 @@ Contract: every flag is honoured or rejected. Flags that do not apply to the cho
 arrival mode are errors (exit 2) naming the flag and the fix, as are conflicting ones (e.g.
 --concurrency with --rate). Exit status: 0 after a run that measured at least one successful
 request, 1 when the server is unavailable or no measured request succeeded, 2 for bad flags.
-Artifacts go to --out (default artifacts/loadtest_<time>/).
+Artifacts go to --out (default artifacts/loadtest_<time>/). Lengths and the token-id range
+the user did not set are fitted to the server's model card (aisp/loadtest/fit.py) and the
+report says what was fitted; a run whose first requests are all refused stops early (exit 1).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.markup import escape
 from aisp.loadtest.config import (ConfigError, LengthSpec, LoadTestConfig, SweepConfig,
                                   WorkloadConfig, check_sweepable)
 
+DEFAULT_VOCAB_SIZE = 32000
 _DEFAULTS = {  # workload -> (input_len, output_len) when the flags are not given (vLLM's)
     "random": ("1024", "128"),
     "shared-prefix": ("256", "128"),
@@ -37,7 +40,7 @@ def build_configs(
     *, url: str, model: Optional[str], endpoint: str, api_key: Optional[str], workload: str,
     dataset: Optional[Path], input_len: Optional[str], output_len: Optional[str],
     range_ratio: Optional[float], num_prefixes: Optional[int], prefix_len: Optional[int],
-    vocab_size: int, token_id_min: int, concurrency: Optional[int], rate: Optional[float],
+    vocab_size: Optional[int], token_id_min: int, concurrency: Optional[int], rate: Optional[float],
     arrival: Optional[str], burstiness: Optional[float], sweep_rates: Optional[str],
     sweep_search: Optional[str], sweep_steps: Optional[int], slo_attainment: Optional[float],
     duration: float, warmup: float, drain_timeout: float, request_timeout: float,
@@ -68,8 +71,12 @@ def build_configs(
         kind=workload, input_len=in_spec, output_len=out_spec,  # type: ignore[arg-type]
         dataset_path=str(dataset) if dataset is not None else None,
         num_prefixes=num_prefixes if num_prefixes is not None else 10,
-        prefix_len=prefix_len if prefix_len is not None else 256, vocab_size=vocab_size,
-        token_id_min=token_id_min, salt=not no_salt, salt_nonce=salt_nonce)
+        prefix_len=prefix_len if prefix_len is not None else 256,
+        vocab_size=vocab_size if vocab_size is not None else DEFAULT_VOCAB_SIZE,
+        token_id_min=token_id_min, salt=not no_salt, salt_nonce=salt_nonce,
+        defaulted={name for name, flag in (("input_len", input_len), ("output_len", output_len),
+                                           ("prefix_len", prefix_len),
+                                           ("vocab_size", vocab_size)) if flag is None})
 
     sweep = None
     if sweep_rates is not None or sweep_search is not None:
@@ -117,7 +124,9 @@ def loadtest_command(
                                            "(ShareGPT conversations or {prompt, output_len})."),
     input_len: Optional[str] = typer.Option(None, "--input-len", help="Prompt tokens: N or "
                                             "LOW:HIGH (shared-prefix: the unique suffix). "
-                                            "Default 1024 (random), 256 (shared-prefix)."),
+                                            "Default 1024 (random), 256 (shared-prefix); "
+                                            "defaults shrink to fit the server's "
+                                            "max_model_len."),
     output_len: Optional[str] = typer.Option(None, "--output-len", help="max_tokens: N or "
                                              "LOW:HIGH. Default 128; file: the replies' lengths."),
     range_ratio: Optional[float] = typer.Option(None, "--range-ratio", help="Draw lengths "
@@ -126,7 +135,9 @@ def loadtest_command(
                                                "groups (default 10)."),
     prefix_len: Optional[int] = typer.Option(None, "--prefix-len", help="Shared prefix tokens "
                                              "(default 256)."),
-    vocab_size: int = typer.Option(32000, "--vocab-size", help="Random token ids are < this."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Random token ids are < "
+                                             "this. Default: the server's vocab_size if its "
+                                             "model card has one, else 32000."),
     token_id_min: int = typer.Option(0, "--token-id-min", help="Random token ids are >= this."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Closed loop: N "
                                               "workers, each sends when its last request ends."),

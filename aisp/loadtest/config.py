@@ -18,6 +18,7 @@ from typing import Literal
 ENDPOINTS = ("completions", "chat")
 WORKLOADS = ("random", "file", "shared-prefix")
 ARRIVALS = ("poisson", "constant")
+FITTABLE = ("input_len", "output_len", "prefix_len", "vocab_size")  # see WorkloadConfig
 # Open-loop runs may have many requests in flight; without a cap the client would open a socket
 # per request. Excess requests wait in aiohttp's connector queue (their send time is still the
 # moment the client asked to send, so the wait shows up in TTFT, as it would for a real client).
@@ -91,6 +92,8 @@ class WorkloadConfig:
       {"prompt", "output_len"} objects); `output_len` fixes max_tokens, else the reply's length.
     shared-prefix: `num_prefixes` groups; each prompt = the group's `prefix_len`-token prefix +
       a unique `input_len`-token suffix.
+    `defaulted` names the settings the user left at their defaults ("input_len", "output_len",
+    "prefix_len", "vocab_size"): the runner may fit those to the server's model (fit.py).
     Salt (unless `salt=False`): a per-run nonce (fresh from the OS unless `salt_nonce` is given)
     overwrites the first tokens of every token prompt, or is prepended to every text prompt, so
     a prefix cache warmed by an earlier run cannot flatter this one.
@@ -106,8 +109,13 @@ class WorkloadConfig:
     token_id_min: int = 0
     salt: bool = True
     salt_nonce: int | None = None
+    defaulted: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "defaulted", frozenset(self.defaulted))
+        if unknown := sorted(self.defaulted - set(FITTABLE)):
+            raise ConfigError(f"defaulted names {unknown}, which are not fittable settings; "
+                              f"use some of {list(FITTABLE)}")
         if self.kind not in WORKLOADS:
             raise ConfigError(f"workload '{self.kind}' is unknown; use one of "
                               f"{', '.join(WORKLOADS)}")
@@ -271,11 +279,17 @@ class LoadTestConfig:
             if f.name == "api_key":
                 v = None if v is None else "***"
             elif f.name == "workload":
-                v = {wf.name: (str(getattr(v, wf.name)) if isinstance(getattr(v, wf.name),
-                                                                        LengthSpec)
-                               else getattr(v, wf.name)) for wf in fields(v)}
+                v = {wf.name: _plain(getattr(v, wf.name)) for wf in fields(v)}
             out[f.name] = v
         return out
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, LengthSpec):
+        return str(value)
+    if isinstance(value, frozenset):
+        return sorted(value)
+    return value
 
 
 @dataclass(frozen=True)

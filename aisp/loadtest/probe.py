@@ -4,7 +4,9 @@ Contract:
 - `probe_health` GETs /health; when that is 404 it GETs /v1/models instead; it returns the path
   that answered 2xx, or raises `ServerUnavailable` with what each probe got and how to fix it.
 - `discover_model` returns the first model id that /v1/models lists (used when --model is
-  not given).
+  not given); `model_card(session, base_url, model)` returns that model's `ModelCard` (its
+  `max_model_len`, which vLLM and aisp put on each card, and `vocab_size`, which aisp adds), or
+  None when /v1/models does not answer or does not list the model.
 - `scrape_prefix_cache` GETs /metrics and returns (hits, queries) summed over label sets from
   `aisp:prefix_cache_{hits,queries}_total` or vLLM's `vllm:prefix_cache_{hits,queries}_total`
   (or vLLM's older `vllm:gpu_prefix_cache_*`), or None when the server exposes neither. The
@@ -31,6 +33,15 @@ _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 class ServerUnavailable(RuntimeError):
     """No usable server at the URL; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What GET /v1/models says about one model; the limits are None when not given."""
+
+    id: str
+    max_model_len: int | None = None
+    vocab_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,16 +74,33 @@ async def probe_health(session: aiohttp.ClientSession, base_url: str) -> str:
                             f"it is an OpenAI-compatible server and has finished loading")
 
 
-async def discover_model(session: aiohttp.ClientSession, base_url: str) -> str:
+async def model_cards(session: aiohttp.ClientSession, base_url: str) -> list[ModelCard]:
+    """The models GET /v1/models lists (empty when it fails or lists none)."""
     try:
         status, body = await _get(session, base_url + "/v1/models")
-        ids = [m["id"] for m in json.loads(body)["data"]] if status == 200 else []
+        data = json.loads(body)["data"] if status == 200 else []
+        return [ModelCard(str(m["id"]), _positive_int(m.get("max_model_len")),
+                          _positive_int(m.get("vocab_size"))) for m in data]
     except (aiohttp.ClientError, OSError, TimeoutError, asyncio.TimeoutError, ValueError,
-            KeyError, TypeError):
-        ids = []
-    if not ids:
+            KeyError, TypeError, AttributeError):
+        return []
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else None
+
+
+async def discover_model(session: aiohttp.ClientSession, base_url: str) -> str:
+    cards = await model_cards(session, base_url)
+    if not cards:
         raise ServerUnavailable(f"GET {base_url}/v1/models lists no model; pass --model NAME")
-    return str(ids[0])
+    return cards[0].id
+
+
+async def model_card(session: aiohttp.ClientSession, base_url: str,
+                     model: str) -> ModelCard | None:
+    return next((c for c in await model_cards(session, base_url) if c.id == model), None)
 
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?\s+(\S+)')

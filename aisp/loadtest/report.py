@@ -58,6 +58,8 @@ def render_report(result: LoadTestResult) -> list[Any]:
     head.add_row("measured window", f"{s.window_s:.2f} s (warm-up end to last measured end)")
     head.add_row("max in flight", str(result.max_in_flight))
     out.append(head)
+    for note in result.fitted:
+        out.append(Text(f"fit: {note}", style="yellow"))
     if result.stopped_early:
         out.append(Text(result.stopped_early, style="bold red"))
 

@@ -3,13 +3,21 @@
 Contract, in order:
 1. Build the workload (dataset errors surface here, before any network traffic).
 2. Probe the server (GET /health, falling back to /v1/models on 404) and resolve the model name;
-   a server that does not answer raises `ServerUnavailable` and nothing is sent.
+   a server that does not answer raises `ServerUnavailable` and nothing is sent. Read the
+   model's card from /v1/models and fit the settings the user left at their defaults to it
+   (fit.py: lengths within max_model_len, token ids within vocab_size); what was fitted is
+   printed before sending, kept in the result (`fitted`), and the result's config is the one
+   that was sent.
 3. Scrape the prefix-cache counters from /metrics (when exposed).
 4. Send for `duration_s` seconds: closed loop (`concurrency` workers, each sending its next
    request when its previous one ends, so at most N are ever in flight) or open loop (requests
    at the times of the arrival process, each in its own task, bounded by the connection limit).
    After ABORT_AFTER_CONNECTION_ERRORS connection errors in a row sending stops early, and the
    result's `stopped_early` says why (a dead server must not become a tight failure loop).
+   Likewise when the first ABORT_AFTER_CLIENT_ERRORS requests to finish all got the same 4xx
+   status (not 408/429, which can pass): the server refuses what this run sends (a wrong
+   --model, prompts longer than its context), so the rest would fail the same way; the
+   server's message is in `stopped_early`.
 5. Stop sending; wait up to `drain_timeout_s` for in-flight requests, then cancel the rest and
    record them as `unfinished`.
 6. Scrape /metrics again; compute statistics over requests sent after the warm-up (stats.py),
@@ -25,16 +33,18 @@ from __future__ import annotations
 import asyncio
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
+from rich.markup import escape
 
 from aisp.harness.provenance import command_line, git_sha
 from aisp.loadtest.arrivals import intervals
 from aisp.loadtest.client import endpoint_path, request_body, send_request
 from aisp.loadtest.config import LoadTestConfig
-from aisp.loadtest.probe import (PrefixCacheCounters, discover_model, probe_health,
+from aisp.loadtest.fit import fit_workload
+from aisp.loadtest.probe import (PrefixCacheCounters, discover_model, model_card, probe_health,
                                  scrape_prefix_cache)
 from aisp.loadtest.records import RequestRecord
 from aisp.loadtest.stability import StabilityVerdict, assess_stability
@@ -46,6 +56,9 @@ _RATE_WINDOW_S = 5.0
 # A server that went away turns a closed loop into a tight loop of instant failures; after this
 # many connection errors in a row (no success between them) sending stops and the result says so.
 ABORT_AFTER_CONNECTION_ERRORS = 100
+# The first this-many finished requests all refused with one 4xx status: stop (see the docstring).
+ABORT_AFTER_CLIENT_ERRORS = 16
+_TRANSIENT_4XX = ("http_408", "http_429")
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class LoadTestResult:
     max_in_flight: int
     stopped_early: str | None = None  # why sending stopped before the duration, if it did
     environment: dict[str, Any] = field(default_factory=dict)
+    fitted: tuple[str, ...] = ()  # what was fitted to the server's model card, and why
 
 
 class _Run:
@@ -91,6 +105,8 @@ class _Run:
         self.max_in_flight = 0
         self.next_index = 0
         self.consecutive_connection_errors = 0
+        self.first_refusals: list[RequestRecord] = []  # while every finished request was refused
+        self.watch_refusals = True
         self.stopped_early: str | None = None
         self.run_start = 0.0  # set when sending starts
 
@@ -115,6 +131,7 @@ class _Run:
         finally:
             self.num_in_flight -= 1
         self.records.append(rec)
+        self._watch_refusals(rec)
         if rec.error_kind == "connection":
             self.consecutive_connection_errors += 1
             if (self.consecutive_connection_errors >= ABORT_AFTER_CONNECTION_ERRORS
@@ -125,6 +142,26 @@ class _Run:
                     f"{rec.error_message}); is the server still up?")
         elif rec.ok:
             self.consecutive_connection_errors = 0
+
+    def _watch_refusals(self, rec: RequestRecord) -> None:
+        """Stop when the first ABORT_AFTER_CLIENT_ERRORS finished requests share one 4xx."""
+        if not self.watch_refusals:
+            return
+        kind = rec.error_kind or ""
+        first = self.first_refusals[0].error_kind if self.first_refusals else kind
+        if not kind.startswith("http_4") or kind in _TRANSIENT_4XX or kind != first:
+            self.watch_refusals = False   # a success or another kind of failure: judge no more
+            return
+        self.first_refusals.append(rec)
+        if len(self.first_refusals) >= ABORT_AFTER_CLIENT_ERRORS and self.stopped_early is None:
+            self.watch_refusals = False
+            messages = {r.error_message for r in self.first_refusals}
+            others = f" ({len(messages) - 1} other message(s) too)" if len(messages) > 1 else ""
+            self.stopped_early = (
+                f"sending stopped {rec.end_time - self.run_start:.1f} s into the run: the first "
+                f"{ABORT_AFTER_CLIENT_ERRORS} requests all got HTTP {kind[5:]}, so the server "
+                f"refuses what this run sends; its message: {self.first_refusals[0].error_message}"
+                f"{others}")
 
     def sending(self, send_end: float) -> bool:
         return self.stopped_early is None and time.perf_counter() < send_end
@@ -227,12 +264,20 @@ async def _drive(run: _Run, config: LoadTestConfig, progress: bool,
 async def run_load(config: LoadTestConfig, progress: bool = True,
                    console: Any = None) -> LoadTestResult:
     """Run one load test against `config.url`; see the module docstring for the steps."""
-    workload = build_workload(config.workload, config.seed, text_only=config.endpoint == "chat")
+    text_only = config.endpoint == "chat"
+    workload = build_workload(config.workload, config.seed, text_only=text_only)
     auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     connector = aiohttp.TCPConnector(limit=config.connection_limit)
     async with aiohttp.ClientSession(connector=connector, headers=auth) as session:
         health_path = await probe_health(session, config.base_url)
         model = config.model or await discover_model(session, config.base_url)
+        fit = fit_workload(config.workload, await model_card(session, config.base_url, model))
+        if fit.workload != config.workload:
+            config = replace(config, workload=fit.workload)
+            workload = build_workload(config.workload, config.seed, text_only=text_only)
+        if console is not None:
+            for note in fit.notes:
+                console.print(f"[yellow]fit:[/] {escape(note)}", highlight=False)
         env = environment(config, model)
         before = await scrape_prefix_cache(session, config.base_url)
         run = _Run(config, session, model, workload)
@@ -250,7 +295,7 @@ async def run_load(config: LoadTestConfig, progress: bool = True,
                                    config.num_slices, config.stability_band,
                                    config.min_slice_requests),
         prefix_cache=_prefix_delta(before, after), max_in_flight=run.max_in_flight,
-        stopped_early=run.stopped_early, environment=env)
+        stopped_early=run.stopped_early, environment=env, fitted=fit.notes)
 
 
 def _prefix_delta(before: PrefixCacheCounters | None,

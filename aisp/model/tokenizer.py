@@ -58,8 +58,18 @@ class HFTokenizer:
         """Token ids; `add_special_tokens` applies the tokenizer's own template (e.g. a leading bos).
 
         As in HF, a special token's literal text inside `text` (e.g. "<|eos|>") becomes that
-        special id, which is what chat templates rely on.
+        special id, which is what chat templates rely on. Text that is not valid Unicode (a lone
+        UTF-16 surrogate, which JSON can carry) is a ValueError: `tokenizers` would raise an
+        opaque TypeError ("TextInputSequence must be str").
         """
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, not {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"the text holds the lone UTF-16 surrogate {text[e.start]!r} at "
+                             f"character {e.start:,}; it is not valid Unicode, so it cannot be "
+                             f"tokenized") from None
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

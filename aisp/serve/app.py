@@ -8,7 +8,11 @@ admitting, 503 while draining or unhealthy), GET /metrics (Prometheus text of `E
 
 Contract:
 - The server uses only the engine's public API (STYLE.md #18): `AsyncLLMEngine.add_request` and
-  the engine's read-only attributes (tokenizer, max_model_len, config).
+  the engine's read-only attributes (tokenizer, max_model_len, config, model_config); the model
+  facts it serves (context, vocabulary) are read in one place, `model_info`.
+- GET /v1/models lists one model card: OpenAI's fields plus vLLM's `max_model_len` (prompt +
+  output tokens of one request, at most) and aisp's `vocab_size` (token-id prompts must hold
+  ids in [0, vocab_size)), so a load tester can fit its prompts to the model.
 - Every failure is `{"error": {"message", "type", "param", "code"}}` with a 4xx for bad input
   (400 invalid values and admission errors, 401 API key, 404 unknown model or route, 405, 413
   body over `max_body_bytes`) and 503 while shutting down; a bad request never touches the engine
@@ -54,8 +58,25 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What the server tells clients about the model it serves."""
+
+    root: str            # the preset name or model folder the engine loaded
+    max_model_len: int   # prompt + output tokens of one request, at most
+    vocab_size: int      # token ids the model takes: [0, vocab_size)
+
+
+def model_info(engine: AsyncLLMEngine) -> ModelInfo:
+    """The model facts of `engine`: the one place the server reads them (so that they can move
+    behind the engine-client API without touching the routes)."""
+    llm = engine.engine
+    return ModelInfo(llm.config.model, llm.max_model_len, llm.model_config.vocab_size)
+
+
+@dataclass(frozen=True)
 class ServerState:
     engine: AsyncLLMEngine
+    model: ModelInfo
     metrics: EngineMetrics
     served_model_name: str
     api_key: str | None
@@ -74,8 +95,8 @@ def build_app(engine: AsyncLLMEngine, metrics: EngineMetrics, served_model_name:
     template = (ChatTemplate.for_model(llm.config.model, llm.tokenizer)
                 if llm.tokenizer is not None else None)
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors, _auth])
-    app[STATE] = ServerState(engine, metrics, served_model_name, api_key, template,
-                             max_body_bytes, int(time.time()))
+    app[STATE] = ServerState(engine, model_info(engine), metrics, served_model_name, api_key,
+                             template, max_body_bytes, int(time.time()))
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -128,10 +149,10 @@ async def _auth(request: web.Request, handler) -> web.StreamResponse:
 # -- simple routes --------------------------------------------------------------------------------
 async def models(request: web.Request) -> web.Response:
     s = request.app[STATE]
-    llm = s.engine.engine
     return web.json_response({"object": "list", "data": [{
         "id": s.served_model_name, "object": "model", "created": s.created, "owned_by": "aisp",
-        "root": llm.config.model, "max_model_len": llm.max_model_len}]})
+        "root": s.model.root, "max_model_len": s.model.max_model_len,
+        "vocab_size": s.model.vocab_size}]})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -202,9 +223,13 @@ async def _prompt_ids(s: ServerState, parsed: ParsedRequest) -> tuple[tuple[int,
             text = s.chat_template.render(parsed.messages)
         except ChatTemplateError as e:
             raise bad_request(str(e), param="messages") from None
-        ids = await loop.run_in_executor(None, tokenizer.encode, text, False)
+        encode = loop.run_in_executor(None, tokenizer.encode, text, False)
     else:
-        ids = await loop.run_in_executor(None, tokenizer.encode, parsed.prompt)
+        encode = loop.run_in_executor(None, tokenizer.encode, parsed.prompt)
+    try:
+        ids = await encode
+    except ValueError as e:   # text the tokenizer cannot take (protocol.py checks the fields)
+        raise bad_request(f"{field}: {e}", param=field, code="invalid_text") from None
     return tuple(ids), field
 
 
@@ -218,7 +243,7 @@ async def _generate(request: web.Request, parsed: ParsedRequest,
     if not s.engine.is_accepting:
         raise _unavailable(s.engine)
     prompt_ids, field = await _prompt_ids(s, parsed)
-    limit = s.engine.engine.max_model_len
+    limit = s.model.max_model_len
     if len(prompt_ids) >= limit:
         raise bad_request(f"the prompt has {len(prompt_ids):,} tokens; the model's context is "
                           f"{limit:,} tokens (max_model_len), which leaves no room to generate; "
@@ -239,7 +264,7 @@ async def _generate(request: web.Request, parsed: ParsedRequest,
     except (EngineShuttingDownError, EngineDeadError):
         raise _unavailable(s.engine) from None
     fmt = ResponseFormat(chat, rid, int(time.time()), s.served_model_name, prompt_ids,
-                         parsed.return_token_ids)
+                         parsed.return_token_ids, parsed.continuous_usage)
     tokenizer = s.engine.engine.tokenizer
     detok = IncrementalDetokenizer(tokenizer, params.stop) if tokenizer is not None else None
     async with stream:   # leaving early (error, disconnect, cancellation) aborts the request
@@ -264,7 +289,7 @@ async def _sse(request: web.Request, sequence: AsyncIterator[dict[str, Any]],
         async with aclosing(sequence) as seq:
             try:
                 async for chunk in seq:
-                    if include_usage or "usage" not in chunk:
+                    if include_usage or chunk["choices"]:   # the last one is usage only
                         await resp.write(_event(chunk))
             except (EngineStepError, EngineDeadError, EngineShuttingDownError) as e:
                 # Headers are gone: the error travels as an event, as vLLM does.

@@ -7,12 +7,20 @@ Contract:
   naming the field, the value and what is allowed. Nothing is silently ignored:
   * fields we implement: max_tokens (chat: also max_completion_tokens), temperature, top_p,
     top_k, min_p, seed, stop, stream, stream_options.include_usage, and vLLM's extras ignore_eos,
-    min_tokens, stop_token_ids, return_token_ids;
+    min_tokens, stop_token_ids, return_token_ids and stream_options.continuous_usage_stats
+    (with include_usage: every streamed chunk also carries `usage`, the prompt, completion and
+    total tokens so far; GuideLLM sends it on every streaming request);
   * fields clients commonly send that are accepted only at their no-op value (`NOOP_FIELDS`:
     n=1, best_of=1, logprobs null/false, echo false, presence/frequency_penalty 0, logit_bias
     null/{}, user, ...); any other value is a 400 that says it is unsupported;
   * any other field is a 400 listing the supported names.
 - `stream_options` without `stream` is accepted: a non-streaming response always has usage.
+  `continuous_usage_stats: true` without `include_usage: true` is a 400 (vLLM ignores it there;
+  we say so instead of sending no usage).
+- Every text the server will tokenize (the prompt, each message's content, text part and name)
+  and every stop string must be valid Unicode: JSON can carry a lone UTF-16 surrogate
+  ("\ud800"), which no UTF-8 tokenizer can take; that is a 400 naming the field
+  (`prompt`, `prompt[0]`, `messages[1].content`, `messages[0].content[2].text`, `stop[1]`).
 - `max_tokens` is left None when unset: the server fills in the remaining context once it knows
   the prompt's length (`max_model_len - prompt tokens`), as OpenAI-compatible servers do.
 - SamplingParams itself validates values (ranges, types); the server turns its ValueError into a
@@ -58,6 +66,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    continuous_usage: bool = False   # usage in every streamed chunk (needs include_usage)
 
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
@@ -119,14 +128,26 @@ def _check_fields(body: Any, allowed: list[str], endpoint: str) -> None:
                               code="unsupported_value")
 
 
-def _common(body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool, bool]:
+@dataclass(frozen=True)
+class _Common:
+    sampling: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+    return_token_ids: bool
+
+
+_STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
+
+
+def _common(body: dict[str, Any]) -> _Common:
     sampling = {k: body[k] for k in _SAMPLING_FIELDS if body.get(k) is not None}
     stop = sampling.get("stop")
     if stop is not None:
         if isinstance(stop, str):
-            sampling["stop"] = (stop,)
+            sampling["stop"] = (_text(stop, "stop"),)
         elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-            sampling["stop"] = tuple(stop)
+            sampling["stop"] = tuple(_text(s, f"stop[{i}]") for i, s in enumerate(stop))
         else:
             raise bad_request(f"stop is {stop!r}; it must be a string, a list of strings or null",
                               param="stop")
@@ -137,22 +158,43 @@ def _common(body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool, bool]:
                               param="stop_token_ids")
     stream = _bool(body, "stream")
     options = body.get("stream_options")
-    include_usage = False
+    include_usage = continuous = False
     if options is not None:
-        if not isinstance(options, dict) or set(options) - {"include_usage"}:
-            raise bad_request(f"stream_options is {options!r}; the only supported option is "
-                              f"include_usage (a boolean)", param="stream_options")
-        include_usage = _bool(options, "include_usage")
-    return sampling, stream, include_usage, _bool(body, "return_token_ids")
+        if not isinstance(options, dict) or set(options) - set(_STREAM_OPTIONS):
+            raise bad_request(f"stream_options is {_short(options)}; it must be an object with "
+                              f"the boolean options {list(_STREAM_OPTIONS)}",
+                              param="stream_options")
+        include_usage = _bool(options, "include_usage", "stream_options.include_usage")
+        continuous = _bool(options, "continuous_usage_stats",
+                           "stream_options.continuous_usage_stats")
+        if continuous and not include_usage:
+            raise bad_request("stream_options.continuous_usage_stats is true but include_usage "
+                              "is not: usage is sent only with include_usage; set both to true "
+                              "for usage in every chunk", param="stream_options")
+    return _Common(sampling, stream, include_usage, continuous and stream,
+                   _bool(body, "return_token_ids"))
 
 
-def _bool(body: dict[str, Any], name: str) -> bool:
+def _bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
     value = body.get(name)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise bad_request(f"{name} is {value!r}; it must be true or false", param=name)
+        raise bad_request(f"{param or name} is {value!r}; it must be true or false",
+                          param=param or name)
     return value
+
+
+def _text(text: str, param: str) -> str:
+    """`text` if it is valid Unicode (encodable as UTF-8), else a 400 naming `param`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{param} holds the lone UTF-16 surrogate {text[e.start]!r} at "
+                          f"character {e.start:,}, which is not valid Unicode text and cannot be "
+                          f"tokenized; send valid text (a surrogate must be half of a pair, as in "
+                          f"\"\\ud83d\\ude00\")", param=param, code="invalid_text") from None
+    return text
 
 
 def _model(body: dict[str, Any]) -> str | None:
@@ -168,11 +210,11 @@ def parse_completion(body: Any) -> ParsedRequest:
     if "prompt" not in body or body["prompt"] is None:
         raise bad_request("prompt is missing; send a string or a list of token ids",
                           param="prompt")
-    prompt = body["prompt"]
+    prompt, param = body["prompt"], "prompt"
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]   # a batch of one
+        prompt, param = prompt[0], "prompt[0]"   # a batch of one
     if isinstance(prompt, str):
-        pass
+        _text(prompt, param)
     elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
         prompt = tuple(prompt)
     elif isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
@@ -182,8 +224,9 @@ def parse_completion(body: Any) -> ParsedRequest:
         raise bad_request(f"prompt is {_short(prompt)}; it must be a string, a non-empty list of "
                           f"integer token ids, or a list holding exactly one of those",
                           param="prompt")
-    sampling, stream, include_usage, token_ids = _common(body)
-    return ParsedRequest(_model(body), prompt, None, sampling, stream, include_usage, token_ids)
+    c = _common(body)
+    return ParsedRequest(_model(body), prompt, None, c.sampling, c.stream, c.include_usage,
+                         c.return_token_ids, c.continuous_usage)
 
 
 def parse_chat(body: Any) -> ParsedRequest:
@@ -194,7 +237,8 @@ def parse_chat(body: Any) -> ParsedRequest:
         raise bad_request(f"messages is {_short(messages)}; it must be a non-empty list of "
                           f"{{\"role\", \"content\"}} objects", param="messages")
     parsed = tuple(_message(i, m) for i, m in enumerate(messages))
-    sampling, stream, include_usage, token_ids = _common(body)
+    c = _common(body)
+    sampling = c.sampling
     mct = body.get("max_completion_tokens")
     if mct is not None:
         if "max_tokens" in sampling and sampling["max_tokens"] != mct:
@@ -202,7 +246,8 @@ def parse_chat(body: Any) -> ParsedRequest:
                               f"({mct!r}) disagree; send one of them",
                               param="max_completion_tokens")
         sampling["max_tokens"] = mct
-    return ParsedRequest(_model(body), None, parsed, sampling, stream, include_usage, token_ids)
+    return ParsedRequest(_model(body), None, parsed, sampling, c.stream, c.include_usage,
+                         c.return_token_ids, c.continuous_usage)
 
 
 def _message(i: int, m: Any) -> dict[str, str]:
@@ -221,22 +266,22 @@ def _message(i: int, m: Any) -> dict[str, str]:
     content = m.get("content")
     if isinstance(content, list):
         parts = []
-        for part in content:
+        for j, part in enumerate(content):
             if not (isinstance(part, dict) and part.get("type") == "text"
                     and isinstance(part.get("text"), str)):
                 raise bad_request(f"{param}.content has the part {_short(part)}; only "
                                   f"{{\"type\": \"text\", \"text\": ...}} parts are supported",
                                   param=f"{param}.content")
-            parts.append(part["text"])
+            parts.append(_text(part["text"], f"{param}.content[{j}].text"))
         content = "".join(parts)
     if not isinstance(content, str):
         raise bad_request(f"{param}.content is {_short(content)}; it must be a string or a list "
                           f"of text parts", param=f"{param}.content")
-    out = {"role": role, "content": content}
+    out = {"role": role, "content": _text(content, f"{param}.content")}
     if m.get("name") is not None:
         if not isinstance(m["name"], str):
             raise bad_request(f"{param}.name must be a string", param=f"{param}.name")
-        out["name"] = m["name"]
+        out["name"] = _text(m["name"], f"{param}.name")
     return out
 
 

@@ -13,6 +13,9 @@ Contract:
   `chat.completion.chunk` with `choices[0].delta.content`, the first chunk also carrying
   `delta.role = "assistant"`. The role rides on the first token's chunk instead of a chunk of its
   own before any token, so a client's time to the first chunk is its time to the first token.
+- With `continuous_usage` (vLLM's stream_options.continuous_usage_stats) every chunk also
+  carries `usage`: the prompt tokens, the output tokens so far (this chunk's included) and their
+  total; the final usage-only chunk still follows.
 - With `return_token_ids` (vLLM's extra) each chunk's choice carries its `token_ids` and the
   first one `prompt_token_ids`; the fold concatenates them.
 - No tokenizer (a weights-only model): text stays "" and token ids are the output.
@@ -40,6 +43,7 @@ class ResponseFormat:
     model: str
     prompt_token_ids: tuple[int, ...]
     return_token_ids: bool = False
+    continuous_usage: bool = False
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
@@ -47,7 +51,9 @@ class ResponseFormat:
                 "model": self.model, "choices": choices}
 
     def chunk(self, text: str, token_ids: tuple[int, ...], first: bool,
-              finish_reason: str | None, stop_reason: int | str | None) -> dict[str, Any]:
+              finish_reason: str | None, stop_reason: int | str | None,
+              num_output_tokens: int) -> dict[str, Any]:
+        """One choice chunk; `num_output_tokens` counts the request's tokens so far."""
         choice: dict[str, Any] = {"index": 0}
         if self.chat:
             choice["delta"] = {"role": "assistant", "content": text} if first else {"content": text}
@@ -58,13 +64,19 @@ class ResponseFormat:
             choice["token_ids"] = list(token_ids)
             if first:
                 choice["prompt_token_ids"] = list(self.prompt_token_ids)
-        return self._envelope([choice])
+        chunk = self._envelope([choice])
+        if self.continuous_usage:
+            chunk["usage"] = self.usage(num_output_tokens)
+        return chunk
+
+    def usage(self, num_output_tokens: int) -> dict[str, int]:
+        n = len(self.prompt_token_ids)
+        return {"prompt_tokens": n, "completion_tokens": num_output_tokens,
+                "total_tokens": n + num_output_tokens}
 
     def usage_chunk(self, num_output_tokens: int) -> dict[str, Any]:
-        n = len(self.prompt_token_ids)
         chunk = self._envelope([])
-        chunk["usage"] = {"prompt_tokens": n, "completion_tokens": num_output_tokens,
-                          "total_tokens": n + num_output_tokens}
+        chunk["usage"] = self.usage(num_output_tokens)
         return chunk
 
 
@@ -82,7 +94,7 @@ async def chunks(stream: RequestStream, fmt: ResponseFormat,
             assert num_output_tokens == len(out.output_token_ids), "deltas add up to the output"
         yield fmt.chunk(text, out.new_token_ids, first,
                         out.finish_reason if out.finished else None,
-                        out.stop_reason if out.finished else None)
+                        out.stop_reason if out.finished else None, num_output_tokens)
         first = False
     yield fmt.usage_chunk(num_output_tokens)
 
@@ -93,7 +105,7 @@ def fold(fmt: ResponseFormat, sequence: Iterable[dict[str, Any]]) -> dict[str, A
     token_ids: list[int] = []
     finish_reason = stop_reason = usage = None
     for chunk in sequence:
-        if "usage" in chunk:
+        if not chunk["choices"]:   # the final usage chunk (not a per-chunk running count)
             usage = chunk["usage"]
         for choice in chunk["choices"]:
             texts.append(choice["delta"]["content"] if fmt.chat else choice["text"])

@@ -59,3 +59,13 @@ def test_tokenizer_config_naming_an_unknown_token_is_an_error(tmp_path) -> None:
 def test_missing_tokenizer_file_names_the_path(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_text_that_is_not_unicode_is_a_value_error_naming_the_character(tmp_path) -> None:
+    # JSON can carry a lone UTF-16 surrogate; `tokenizers` would raise an opaque TypeError.
+    save_byte_tokenizer(tmp_path, model_max_length=64)
+    for tok in (byte_tokenizer(), load_tokenizer(tmp_path)):
+        with pytest.raises(ValueError, match=r"surrogate '\\ud800' at character 2"):
+            tok.encode("ab\ud800c")
+        assert tok.encode("ab\U0001f600", add_special_tokens=False) == \
+            list("ab".encode()) + list("\U0001f600".encode())

@@ -70,6 +70,27 @@ CASES = [
     ("max-tokens-disagree", "POST", CHAT, {"messages": OK_MSG, "max_tokens": 3,
                                            "max_completion_tokens": 4}, AUTH, 400,
      "max_completion_tokens", "disagree"),
+    # Lone UTF-16 surrogates are valid JSON but not text: a 400 naming the field, never a 500.
+    ("surrogate-prompt", "POST", C, {"prompt": "\ud800abc"}, AUTH, 400, "prompt", "surrogate"),
+    ("surrogate-prompt-list", "POST", C, {"prompt": ["ab\udc00"]}, AUTH, 400, "prompt[0]",
+     "character 2"),
+    ("surrogate-chat", "POST", CHAT, {"messages": [OK_MSG[0], {"role": "user",
+                                                               "content": "\ud800abc"}]},
+     AUTH, 400, "messages[1].content", "surrogate"),
+    ("surrogate-chat-part", "POST", CHAT, {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "fine"}, {"type": "text", "text": "x\ud800"}]}]}, AUTH, 400,
+     "messages[0].content[1].text", "surrogate"),
+    ("surrogate-name", "POST", CHAT, {"messages": [{"role": "user", "content": "x",
+                                                    "name": "\udfff"}]}, AUTH, 400,
+     "messages[0].name", "surrogate"),
+    ("surrogate-stop", "POST", C, {"prompt": "x", "stop": ["ok", "\ud800"]}, AUTH, 400,
+     "stop[1]", "surrogate"),
+    ("continuous-usage-without-usage", "POST", C, {"prompt": "x", "stream": True,
+                                                   "stream_options": {
+                                                       "continuous_usage_stats": True}},
+     AUTH, 400, "stream_options", "include_usage"),
+    ("stream-option-unknown", "POST", C, {"prompt": "x", "stream": True, "stream_options": {
+        "include_usage": True, "per_token": True}}, AUTH, 400, "stream_options", "per_token"),
     ("wrong-method", "GET", C, None, AUTH, 405, None, "GET /v1/completions"),
     ("no-route", "GET", "/v2/whatever", None, AUTH, 404, None, "/v2/whatever"),
 ]
@@ -137,3 +158,53 @@ def test_common_noop_fields_are_accepted(keyed_server):
     for status, reply in run(go()):
         assert status == 200, reply
         assert reply["usage"]["completion_tokens"] == 3
+
+
+# The bodies that common benchmark clients send (field for field, values as they send them).
+GUIDELLM_STREAM = {"stream": True, "stream_options": {"include_usage": True,
+                                                      "continuous_usage_stats": True},
+                   "stop": None, "ignore_eos": True}
+BENCH_BODIES = [
+    ("guidellm-completions", C, {"prompt": "one two three", "max_tokens": 6, **GUIDELLM_STREAM}),
+    ("guidellm-chat", CHAT, {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "one two three"}]}], "max_completion_tokens": 6,
+        **GUIDELLM_STREAM}),
+    ("vllm-completions", C, {"prompt": "one two three", "repetition_penalty": 1.0,
+                             "max_tokens": 6, "logprobs": None, "stream": True,
+                             "stream_options": {"include_usage": True}, "ignore_eos": True}),
+    ("vllm-chat", CHAT, {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "one two three"}]}], "max_completion_tokens": 6,
+        "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}),
+    ("sglang-completions", C, {"prompt": "one two three", "temperature": 0.0, "best_of": 1,
+                               "max_tokens": 6, "stream": True, "ignore_eos": True}),
+    ("sglang-chat", CHAT, {"messages": [{"role": "user", "content": "one two three"}],
+                           "temperature": 0.0, "max_tokens": 6, "stream": True,
+                           "ignore_eos": True}),
+]
+
+
+@pytest.mark.parametrize("name,path,body", BENCH_BODIES, ids=[b[0] for b in BENCH_BODIES])
+def test_benchmark_clients_request_bodies_are_served(keyed_server, name, path, body):
+    async def go():
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+            return await stream(s, keyed_server.url + path, {"model": None, **body}, AUTH)
+
+    status, _, lines = run(go())
+    assert status == 200, lines[:2]
+    chunks = events(lines)
+    token_chunks = [c for c in chunks if c["choices"]]
+    assert len(token_chunks) == 6 and token_chunks[-1]["choices"][0]["finish_reason"] == "length"
+    options = body.get("stream_options", {})
+    if options.get("continuous_usage_stats"):
+        # vLLM's meaning: every chunk carries the usage so far, then the usage-only chunk.
+        n_prompt = chunks[-1]["usage"]["prompt_tokens"]
+        assert n_prompt > 0
+        assert [c["usage"] for c in token_chunks] == [
+            {"prompt_tokens": n_prompt, "completion_tokens": k, "total_tokens": n_prompt + k}
+            for k in range(1, 7)]
+    else:
+        assert all("usage" not in c for c in token_chunks)
+    if options.get("include_usage"):
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+    else:
+        assert len(chunks) == 6

@@ -34,6 +34,7 @@ def test_models_and_health(server):
     data = run(go())
     assert [m["id"] for m in data] == ["byte-tiny"]
     assert data[0]["max_model_len"] == 512 and data[0]["object"] == "model"
+    assert data[0]["vocab_size"] == 259   # the byte model: token-id prompts take ids < 259
 
 
 def test_completion_string_and_token_prompts(server):
