@@ -7,8 +7,14 @@ Contract:
 - `schedule()`: running requests first, in admission order (a decode takes 1 token, an unfinished
   prefill min(remaining, long_prefill_token_threshold, budget)); then, only if nothing was
   preempted this step, waiting requests in policy order while budget, `max_num_seqs` and blocks
-  allow. A prompt longer than the budget left is chunked, or, without chunked prefill, waits
-  (and nothing behind it jumps ahead).
+  allow (with headroom: see `_admission_keeps_headroom`). A prompt longer than the budget left is
+  chunked, or, without chunked prefill, waits (and nothing behind it jumps ahead).
+- Admission headroom (against admit-then-preempt thrash): a waiting request is admitted only if,
+  after it, the free blocks still cover every admitted request's KV through the lookahead window
+  (the rest of every prefill in progress, the new one's included, then one decode token per
+  step) plus `watermark_blocks` (`kv_cache_watermark` of the cache, rounded up). A request that
+  would be alone is admitted whenever its chunk fits: nobody can preempt it, and add_request
+  already proved its whole KV fits the cache, so the watermark never starves it.
 - Recompute preemption: when a running request cannot get blocks for its next tokens, the policy's
   victim (FCFS: newest arrival; priority: least urgent, then newest) loses its blocks and
   num_computed_tokens, KEEPS its output tokens and goes back to the front of the waiting queue; on
@@ -41,12 +47,13 @@ Contract:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from aisp.engine.block_manager import BlockManager
+from aisp.engine.block_manager import BlockManager, PrefixHit
 from aisp.engine.plan import ScheduledRequest, SchedulerOutput, SchedulerStats, StepResult
 from aisp.engine.queues import POLICIES, make_queue
 from aisp.engine.request import PENDING_TOKEN_ID, Request, RequestStatus
@@ -64,6 +71,7 @@ class SchedulerConfig:
     policy: Literal["fcfs", "priority"] = "fcfs"
     enable_chunked_prefill: bool = True  # split prompts longer than the step's remaining budget
     long_prefill_token_threshold: int = 0  # cap on one prefill chunk per step; 0 = no cap
+    kv_cache_watermark: float = 0.01     # fraction of KV blocks kept free at admission (rounded up)
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len"):
@@ -77,6 +85,12 @@ class SchedulerConfig:
                 f"max_num_batched_tokens ({self.max_num_batched_tokens:,}) < max_model_len "
                 f"({self.max_model_len:,}) without chunked prefill: a long prompt could never be "
                 f"scheduled; raise max_num_batched_tokens or set enable_chunked_prefill=True"
+            )
+        w = self.kv_cache_watermark
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < 1:
+            raise ValueError(
+                f"kv_cache_watermark is {w!r}; it must be a fraction in [0, 1) of the KV blocks "
+                f"kept free when admitting a request (0.01 = 1%, as vLLM; 0 turns it off)"
             )
         t = self.long_prefill_token_threshold
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
@@ -106,6 +120,8 @@ class Scheduler:
         self.running: list[Request] = []            # admission order
         self.requests: dict[str, Request] = {}      # every unfinished request, by id
         self._finished_ids: list[str] = []          # since the last schedule()
+        # Blocks left free at admission; rounded up, so any watermark > 0 keeps at least one block.
+        self.watermark_blocks = math.ceil(config.kv_cache_watermark * block_manager.num_blocks)
 
     # -- admission -------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -221,6 +237,8 @@ class Scheduler:
                 if not cfg.enable_chunked_prefill:
                     break  # strict order: a later, shorter prompt does not jump the queue
                 num_new = budget
+            if self.running and not self._admission_keeps_headroom(request, num_new, hit, num_scheduled):
+                break  # strict order here too: the head waits for room, nothing jumps ahead
             if not bm.allocate_slots(request, num_new, hit):
                 break
             self.waiting.pop()
@@ -232,6 +250,47 @@ class Scheduler:
             self.running.append(request)
             num_scheduled[request.request_id] = num_new
             budget -= num_new
+
+    def _admission_keeps_headroom(
+        self, request: Request, num_new: int, hit: PrefixHit, num_scheduled: Mapping[str, int]
+    ) -> bool:
+        """Whether admitting `request` (its first chunk `num_new`) leaves the blocks that every
+        admitted request needs through the lookahead window, plus the watermark.
+
+        Why a lookahead and not only a watermark: the thrash seen in ch16/scheduler.py is a long
+        prompt admitted with its first chunk into the last free blocks; next step its second
+        chunk (or an older request's next decode) finds none, and FCFS preempts the newest, the
+        new request itself, before it sampled anything; it is admitted again at once, over and
+        over. A 1% watermark of a small cache is 0-1 blocks, far less than a chunk, so it cannot
+        stop that; counting what the admitted requests are known to need can. The window runs
+        until every prefill in progress has sampled (its chunks estimated at this step's size)
+        plus one step, so a request is neither preempted before its first token nor in the step
+        after its admission. Counts include pending tokens, so with a step in flight (async
+        scheduling) a decode's need is already counted from the token being sampled, two ahead of
+        the host's view. A running request's future is known only while it is in the window:
+        growth beyond it is what the watermark (and, failing that, recompute preemption) is for.
+        """
+        bm = self.block_manager
+        # (request, num_tokens, KV computed after this step, its chunk this step)
+        admitted = [(r, r.num_tokens, r.num_computed_tokens + num_scheduled[r.request_id],
+                     num_scheduled[r.request_id])
+                    for r in self.running if r.request_id in num_scheduled]  # unscheduled: last token in flight
+        admitted.append((request, request.num_tokens, hit.num_tokens + num_new, num_new))
+        steps = [-(-(n - computed) // chunk) for _, n, computed, chunk in admitted]  # prefill steps left
+        window = 1 + max(steps)
+
+        def tokens_through_window(r: Request, n: int, computed: int, steps_left: int) -> int:
+            # KV slots used after `window` more steps: the prefill's rest, then one decode a step;
+            # the last sampled token never needs KV.
+            return min(n + max(0, window - steps_left) if n > computed else computed + window,
+                       r.num_prompt_tokens + r.max_tokens - 1)
+
+        need = 0
+        for (r, n, computed, _), steps_left in zip(admitted[:-1], steps):
+            need += max(0, bm.num_blocks_for(tokens_through_window(r, n, computed, steps_left)) - len(r.block_ids))
+        through = tokens_through_window(request, *admitted[-1][1:3], steps[-1])
+        need += bm.num_blocks_to_allocate(request, through - hit.num_tokens, hit)
+        return bm.num_free_blocks - need >= self.watermark_blocks
 
     def update_from_output(
         self, scheduler_output: SchedulerOutput, sampled_token_ids: Mapping[str, Sequence[int]]
