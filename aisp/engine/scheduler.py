@@ -7,14 +7,12 @@ Contract:
 - `schedule()`: running requests first, in admission order (a decode takes 1 token, an unfinished
   prefill min(remaining, long_prefill_token_threshold, budget)); then, only if nothing was
   preempted this step, waiting requests in policy order while budget, `max_num_seqs` and blocks
-  allow (with headroom: see `_admission_keeps_headroom`). A prompt longer than the budget left is
-  chunked, or, without chunked prefill, waits (and nothing behind it jumps ahead).
-- Admission headroom (against admit-then-preempt thrash): a waiting request is admitted only if,
-  after it, the free blocks still cover every admitted request's KV through the lookahead window
-  (the rest of every prefill in progress, the new one's included, then one decode token per
-  step) plus `watermark_blocks` (`kv_cache_watermark` of the cache, rounded up). A request that
-  would be alone is admitted whenever its chunk fits: nobody can preempt it, and add_request
-  already proved its whole KV fits the cache, so the watermark never starves it.
+  (with headroom) allow. A prompt longer than the budget left is chunked, or, without chunked
+  prefill, waits (and nothing behind it jumps ahead).
+- Admission headroom (no admit-then-preempt thrash): admit only if the free blocks left cover all
+  admitted requests' KV through a short lookahead, plus `watermark_blocks` (`kv_cache_watermark`
+  of the cache, rounded up). A request that would run alone is admitted whenever its chunk fits
+  (add_request proved its KV fits the cache), so the watermark never starves it.
 - Recompute preemption: when a running request cannot get blocks for its next tokens, the policy's
   victim (FCFS: newest arrival; priority: least urgent, then newest) loses its blocks and
   num_computed_tokens, KEEPS its output tokens and goes back to the front of the waiting queue; on
@@ -88,10 +86,8 @@ class SchedulerConfig:
             )
         w = self.kv_cache_watermark
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < 1:
-            raise ValueError(
-                f"kv_cache_watermark is {w!r}; it must be a fraction in [0, 1) of the KV blocks "
-                f"kept free when admitting a request (0.01 = 1%, as vLLM; 0 turns it off)"
-            )
+            raise ValueError(f"kv_cache_watermark is {w!r}; it must be a fraction in [0, 1) of the KV "
+                             f"blocks kept free when admitting a request (0.01 = 1%, as vLLM; 0 = off)")
         t = self.long_prefill_token_threshold
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
             raise ValueError(f"long_prefill_token_threshold is {t!r}; it must be an integer >= 0 (0 = no cap)")
@@ -254,42 +250,38 @@ class Scheduler:
     def _admission_keeps_headroom(
         self, request: Request, num_new: int, hit: PrefixHit, num_scheduled: Mapping[str, int]
     ) -> bool:
-        """Whether admitting `request` (its first chunk `num_new`) leaves the blocks that every
-        admitted request needs through the lookahead window, plus the watermark.
+        """Whether admitting `request` (first chunk `num_new`) leaves what every admitted request
+        needs through the lookahead window, plus `watermark_blocks`.
 
-        Why a lookahead and not only a watermark: the thrash seen in ch16/scheduler.py is a long
+        Why a lookahead, not only a watermark: the thrash ch16/scheduler.py showed is a long
         prompt admitted with its first chunk into the last free blocks; next step its second
-        chunk (or an older request's next decode) finds none, and FCFS preempts the newest, the
-        new request itself, before it sampled anything; it is admitted again at once, over and
-        over. A 1% watermark of a small cache is 0-1 blocks, far less than a chunk, so it cannot
-        stop that; counting what the admitted requests are known to need can. The window runs
-        until every prefill in progress has sampled (its chunks estimated at this step's size)
-        plus one step, so a request is neither preempted before its first token nor in the step
-        after its admission. Counts include pending tokens, so with a step in flight (async
-        scheduling) a decode's need is already counted from the token being sampled, two ahead of
-        the host's view. A running request's future is known only while it is in the window:
-        growth beyond it is what the watermark (and, failing that, recompute preemption) is for.
+        chunk finds none and FCFS preempts the newest, itself, before it sampled; it is admitted
+        again at once, over and over. 1% of a small cache is one block, less than a chunk, so a
+        watermark alone cannot stop that; counting what admitted requests will need does. The
+        window lasts until every prefill in progress has sampled (later chunks estimated at this
+        step's size, which a prefill's share of the budget never falls below) plus one step: no
+        request is preempted before its first token, nor in the step after its admission. Counts
+        include pending tokens, so with a step in flight (async scheduling) a decode's need is
+        counted from the token being sampled, two ahead of the host's view. Growth beyond the
+        window is what the watermark, and failing that recompute preemption, is for.
         """
         bm = self.block_manager
-        # (request, num_tokens, KV computed after this step, its chunk this step)
+        # (request, tokens it computes KV toward, KV computed after this step, this step's chunk)
         admitted = [(r, r.num_tokens, r.num_computed_tokens + num_scheduled[r.request_id],
                      num_scheduled[r.request_id])
                     for r in self.running if r.request_id in num_scheduled]  # unscheduled: last token in flight
         admitted.append((request, request.num_tokens, hit.num_tokens + num_new, num_new))
-        steps = [-(-(n - computed) // chunk) for _, n, computed, chunk in admitted]  # prefill steps left
-        window = 1 + max(steps)
-
-        def tokens_through_window(r: Request, n: int, computed: int, steps_left: int) -> int:
-            # KV slots used after `window` more steps: the prefill's rest, then one decode a step;
-            # the last sampled token never needs KV.
-            return min(n + max(0, window - steps_left) if n > computed else computed + window,
-                       r.num_prompt_tokens + r.max_tokens - 1)
-
+        steps_left = [-(-(n - computed) // chunk) for _, n, computed, chunk in admitted]  # of each prefill
+        window = 1 + max(steps_left)
         need = 0
-        for (r, n, computed, _), steps_left in zip(admitted[:-1], steps):
-            need += max(0, bm.num_blocks_for(tokens_through_window(r, n, computed, steps_left)) - len(r.block_ids))
-        through = tokens_through_window(request, *admitted[-1][1:3], steps[-1])
-        need += bm.num_blocks_to_allocate(request, through - hit.num_tokens, hit)
+        for (r, n, _, _), steps in zip(admitted, steps_left):
+            # KV positions after `window` more steps: the prefill's rest, then one decode a step;
+            # the last sampled token never needs KV.
+            through = min(n + window - steps, r.num_prompt_tokens + r.max_tokens - 1)
+            if r is request:
+                need += bm.num_blocks_to_allocate(request, through - hit.num_tokens, hit)
+            else:
+                need += max(0, bm.num_blocks_for(through) - len(r.block_ids))
         return bm.num_free_blocks - need >= self.watermark_blocks
 
     def update_from_output(

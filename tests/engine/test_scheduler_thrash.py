@@ -142,3 +142,17 @@ def test_watermark_keeps_blocks_free_at_admission():
     assert make_scheduler(kv_cache_watermark=0)[0].watermark_blocks == 0
     with pytest.raises(ValueError, match=r"kv_cache_watermark is -0.1; it must be a fraction in \[0, 1\)"):
         SchedulerConfig(kv_cache_watermark=-0.1)
+
+
+def test_engine_config_carries_the_watermark_to_the_scheduler():
+    from aisp.engine.config import EngineConfig
+    from aisp.engine.engine import LLMEngine
+
+    assert EngineConfig().kv_cache_watermark == 0.01
+    for bad in (1.0, -0.5, True, "1%"):
+        with pytest.raises(ValueError, match="kv_cache_watermark is .* fraction in \\[0, 1\\)"):
+            EngineConfig(kv_cache_watermark=bad)
+    engine = LLMEngine(EngineConfig.from_dict(
+        {"model": "tiny", "device": "cpu", "num_kv_blocks": 128, "kv_cache_watermark": 0.05}))
+    assert engine.scheduler.config.kv_cache_watermark == 0.05
+    assert engine.scheduler.watermark_blocks == 7  # 5% of 128 = 6.4, rounded up
