@@ -1,5 +1,5 @@
-"""ch16/scheduler.py: the visible demonstration runs, shows chunking, mixing and preemption, and
-ends with every KV block free, under both policies."""
+"""ch16/scheduler.py: the visible demonstration runs, shows chunking, mixing and preemption (none of
+it admit-then-preempt thrash), and ends with every KV block free, under both policies."""
 
 import os
 import re
@@ -18,8 +18,11 @@ def test_demo_shows_the_scheduler_at_work(policy):
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="160"))
     assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r"(\d+) steps; (\d+) mixed prefill\+decode steps; (\d+) preemptions", r.stdout)
+    m = re.search(r"(\d+) steps; (\d+) mixed prefill\+decode steps; (\d+) preemptions \(recompute\), "
+                  r"(\d+) of them thrash", r.stdout)
     assert m and int(m.group(2)) > 0 and int(m.group(3)) > 0
+    assert int(m.group(4)) == 0  # no request admitted only to be preempted again at once
+    assert "admission keeps 1 of 20 blocks free (watermark 1% of the blocks" in r.stdout
     assert "nothing leaked" in r.stdout
     assert len(re.findall(r"^R\d: \d+ tokens \(length\)", r.stdout, re.M)) == 6
     assert re.search(r"\bP\d+\b", r.stdout)  # prefill chunks are shown

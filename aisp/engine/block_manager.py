@@ -155,8 +155,14 @@ class BlockManager:
     # -- allocation ------------------------------------------------------------------------------
     def can_allocate(self, request: Request, num_new_tokens: int, prefix_hit: PrefixHit | None = None) -> bool:
         """Whether `allocate_slots` with the same arguments would succeed now."""
+        return self.num_blocks_to_allocate(request, num_new_tokens, prefix_hit) <= self.num_free_blocks
+
+    def num_blocks_to_allocate(self, request: Request, num_new_tokens: int,
+                               prefix_hit: PrefixHit | None = None) -> int:
+        """Free blocks `allocate_slots` with the same arguments would take: fresh blocks plus
+        hit blocks that leave the LRU list (hit blocks another request holds cost nothing)."""
         need_new, need_lru_hits = self._blocks_needed(request, num_new_tokens, prefix_hit)
-        return need_new + need_lru_hits <= self.num_free_blocks
+        return need_new + need_lru_hits
 
     def allocate_slots(self, request: Request, num_new_tokens: int, prefix_hit: PrefixHit | None = None) -> bool:
         """Cover num_computed_tokens (+ prefix_hit tokens) + num_new_tokens with blocks.

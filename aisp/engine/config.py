@@ -33,6 +33,7 @@ class EngineConfig:
     policy: str = "fcfs"                     # fcfs | priority
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    kv_cache_watermark: float = 0.01         # of the KV blocks, kept free when admitting (>= 1 block if > 0)
     attention_kernels: str = "auto"          # auto | triton | torch (reference twins)
     decode_graphs: str = "auto"              # auto (cuda on a GPU, else off) | cuda | buffers | off
     async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
@@ -57,6 +58,10 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} is {value!r}; it must be a positive integer or None")
+        w = self.kv_cache_watermark
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < 1:
+            raise ValueError(f"kv_cache_watermark is {w!r}; it must be a fraction in [0, 1) of the "
+                             f"KV blocks kept free when admitting a request (0.01 = 1%; 0 = off)")
         if not 0 < self.kv_cache_memory_fraction <= 1:
             raise ValueError(f"kv_cache_memory_fraction is {self.kv_cache_memory_fraction}; it must "
                              f"lie in (0, 1]")

@@ -145,7 +145,8 @@ class LLMEngine:
             SchedulerConfig(max_num_batched_tokens=config.max_num_batched_tokens,
                             max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,
                             policy=config.policy,
-                            enable_chunked_prefill=config.enable_chunked_prefill),
+                            enable_chunked_prefill=config.enable_chunked_prefill,
+                            kv_cache_watermark=config.kv_cache_watermark),
             self.block_manager, eos_token_ids=eos)
         kernels = config.resolve_kernels(self.device, mc.head_dim)
         self.model.set_elementwise_kernels(kernels)  # fused norm/RoPE/SiLU beside Triton attention

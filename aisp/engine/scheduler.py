@@ -7,8 +7,12 @@ Contract:
 - `schedule()`: running requests first, in admission order (a decode takes 1 token, an unfinished
   prefill min(remaining, long_prefill_token_threshold, budget)); then, only if nothing was
   preempted this step, waiting requests in policy order while budget, `max_num_seqs` and blocks
-  allow. A prompt longer than the budget left is chunked, or, without chunked prefill, waits
-  (and nothing behind it jumps ahead).
+  (with headroom) allow. A prompt longer than the budget left is chunked, or, without chunked
+  prefill, waits (and nothing behind it jumps ahead).
+- Admission headroom (no admit-then-preempt thrash): admit only if the free blocks left cover all
+  admitted requests' KV through a short lookahead, plus `watermark_blocks` (`kv_cache_watermark`
+  of the cache, rounded up). A request that would run alone is admitted whenever its chunk fits
+  (add_request proved its KV fits the cache), so the watermark never starves it.
 - Recompute preemption: when a running request cannot get blocks for its next tokens, the policy's
   victim (FCFS: newest arrival; priority: least urgent, then newest) loses its blocks and
   num_computed_tokens, KEEPS its output tokens and goes back to the front of the waiting queue; on
@@ -41,12 +45,13 @@ Contract:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from aisp.engine.block_manager import BlockManager
+from aisp.engine.block_manager import BlockManager, PrefixHit
 from aisp.engine.plan import ScheduledRequest, SchedulerOutput, SchedulerStats, StepResult
 from aisp.engine.queues import POLICIES, make_queue
 from aisp.engine.request import PENDING_TOKEN_ID, Request, RequestStatus
@@ -64,6 +69,7 @@ class SchedulerConfig:
     policy: Literal["fcfs", "priority"] = "fcfs"
     enable_chunked_prefill: bool = True  # split prompts longer than the step's remaining budget
     long_prefill_token_threshold: int = 0  # cap on one prefill chunk per step; 0 = no cap
+    kv_cache_watermark: float = 0.01     # fraction of KV blocks kept free at admission (rounded up)
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len"):
@@ -78,6 +84,10 @@ class SchedulerConfig:
                 f"({self.max_model_len:,}) without chunked prefill: a long prompt could never be "
                 f"scheduled; raise max_num_batched_tokens or set enable_chunked_prefill=True"
             )
+        w = self.kv_cache_watermark
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < 1:
+            raise ValueError(f"kv_cache_watermark is {w!r}; it must be a fraction in [0, 1) of the KV "
+                             f"blocks kept free when admitting a request (0.01 = 1%, as vLLM; 0 = off)")
         t = self.long_prefill_token_threshold
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
             raise ValueError(f"long_prefill_token_threshold is {t!r}; it must be an integer >= 0 (0 = no cap)")
@@ -106,6 +116,8 @@ class Scheduler:
         self.running: list[Request] = []            # admission order
         self.requests: dict[str, Request] = {}      # every unfinished request, by id
         self._finished_ids: list[str] = []          # since the last schedule()
+        # Blocks left free at admission; rounded up, so any watermark > 0 keeps at least one block.
+        self.watermark_blocks = math.ceil(config.kv_cache_watermark * block_manager.num_blocks)
 
     # -- admission -------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -221,6 +233,8 @@ class Scheduler:
                 if not cfg.enable_chunked_prefill:
                     break  # strict order: a later, shorter prompt does not jump the queue
                 num_new = budget
+            if self.running and not self._admission_keeps_headroom(request, num_new, hit, num_scheduled):
+                break  # strict order here too: the head waits for room, nothing jumps ahead
             if not bm.allocate_slots(request, num_new, hit):
                 break
             self.waiting.pop()
@@ -232,6 +246,43 @@ class Scheduler:
             self.running.append(request)
             num_scheduled[request.request_id] = num_new
             budget -= num_new
+
+    def _admission_keeps_headroom(
+        self, request: Request, num_new: int, hit: PrefixHit, num_scheduled: Mapping[str, int]
+    ) -> bool:
+        """Whether admitting `request` (first chunk `num_new`) leaves what every admitted request
+        needs through the lookahead window, plus `watermark_blocks`.
+
+        Why a lookahead, not only a watermark: the thrash ch16/scheduler.py showed is a long
+        prompt admitted with its first chunk into the last free blocks; next step its second
+        chunk finds none and FCFS preempts the newest, itself, before it sampled; it is admitted
+        again at once, over and over. 1% of a small cache is one block, less than a chunk, so a
+        watermark alone cannot stop that; counting what admitted requests will need does. The
+        window lasts until every prefill in progress has sampled (later chunks estimated at this
+        step's size, which a prefill's share of the budget never falls below) plus one step: no
+        request is preempted before its first token, nor in the step after its admission. Counts
+        include pending tokens, so with a step in flight (async scheduling) a decode's need is
+        counted from the token being sampled, two ahead of the host's view. Growth beyond the
+        window is what the watermark, and failing that recompute preemption, is for.
+        """
+        bm = self.block_manager
+        # (request, tokens it computes KV toward, KV computed after this step, this step's chunk)
+        admitted = [(r, r.num_tokens, r.num_computed_tokens + num_scheduled[r.request_id],
+                     num_scheduled[r.request_id])
+                    for r in self.running if r.request_id in num_scheduled]  # unscheduled: last token in flight
+        admitted.append((request, request.num_tokens, hit.num_tokens + num_new, num_new))
+        steps_left = [-(-(n - computed) // chunk) for _, n, computed, chunk in admitted]  # of each prefill
+        window = 1 + max(steps_left)
+        need = 0
+        for (r, n, _, _), steps in zip(admitted, steps_left):
+            # KV positions after `window` more steps: the prefill's rest, then one decode a step;
+            # the last sampled token never needs KV.
+            through = min(n + window - steps, r.num_prompt_tokens + r.max_tokens - 1)
+            if r is request:
+                need += bm.num_blocks_to_allocate(request, through - hit.num_tokens, hit)
+            else:
+                need += max(0, bm.num_blocks_for(through) - len(r.block_ids))
+        return bm.num_free_blocks - need >= self.watermark_blocks
 
     def update_from_output(
         self, scheduler_output: SchedulerOutput, sampled_token_ids: Mapping[str, Sequence[int]]

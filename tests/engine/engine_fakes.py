@@ -35,12 +35,14 @@ class FakeRunner:
     """Executes a SchedulerOutput against a simulated KV cache and fabricates sampled tokens."""
 
     def __init__(self, scheduler: Scheduler, script: dict[str, Sequence[int]] | None = None,
-                 rng: random.Random | None = None, vocab: tuple[int, int] = (10, 60)) -> None:
+                 rng: random.Random | None = None, vocab: tuple[int, int] = (10, 60),
+                 from_context: bool = False) -> None:
         self.scheduler = scheduler
         self.block_size = scheduler.block_manager.block_size
         self.script = dict(script or {})  # request id -> tokens to emit, in order
         self.rng = rng
         self.vocab = vocab
+        self.from_context = from_context  # sample a hash of the whole context, in `vocab`
         self.kv: dict[int, int] = {}       # flat slot -> fingerprint of (position, tokens[:position+1])
         self.num_tokens_run = 0
         self.last_sampled: dict[str, list[int]] = {}
@@ -49,7 +51,10 @@ class FakeRunner:
     def _fingerprint(tokens: Sequence[int], position: int) -> int:
         return hash((position, tuple(tokens[: position + 1])))
 
-    def next_token(self, request: Request) -> int:
+    def next_token(self, request: Request, context: Sequence[int] = ()) -> int:
+        if self.from_context:  # a function of what the model would see: equal runs, equal outputs
+            lo, hi = self.vocab
+            return lo + hash(tuple(context)) % (hi - lo + 1)
         scripted = self.script.get(request.request_id)
         if scripted is not None and request.num_output_tokens < len(scripted):
             return scripted[request.num_output_tokens]
@@ -86,7 +91,7 @@ class FakeRunner:
                 self.kv[slot] = self._fingerprint(tokens, p)
             self.num_tokens_run += plan.num_scheduled_tokens
             if plan.samples:
-                sampled[plan.request_id] = [self.next_token(request)]
+                sampled[plan.request_id] = [self.next_token(request, tokens[:end])]
         return sampled
 
 

@@ -167,22 +167,28 @@ def test_scheduler_reuses_a_shared_two_block_prefix():
 
 
 def test_preempted_request_finds_its_own_blocks_on_resume():
-    # One request alone in a 4-block cache with a second one squeezing it out.
+    # Two requests in a 4-block cache; A's growth squeezes B out after B made progress. (B is no
+    # longer admitted into the last block only to be preempted in the next step: admission keeps
+    # headroom for A's next token, see test_scheduler_thrash.)
     sched, bm = make_scheduler(num_blocks=4, prefix_caching=True, max_model_len=16)
     runner = FakeRunner(sched)
-    a = make_request("A", 8, max_tokens=4, arrival_time=0.0)
-    b = make_request("B", 4, max_tokens=6, arrival_time=1.0)
+    a = make_request("A", 3, max_tokens=8, arrival_time=0.0)
+    b = make_request("B", 3, max_tokens=8, arrival_time=1.0)
     sched.add_request(a)
     sched.add_request(b)
-    step(sched, runner)                      # A [0, 1], B [2]; A's position 8 next needs a block
-    out, _ = step(sched, runner)             # A takes 3; B position 4 needs a block: B preempted
+    assert scheduled(step(sched, runner)[0]) == {"A": 3, "B": 3}  # A [0], B [1]
+    for _ in range(5):                       # positions 4..7 open a second block each: A [0, 2], B [1, 3]
+        out, _ = step(sched, runner)
+    assert (a.block_ids, b.block_ids, bm.num_free_blocks) == ([0, 2], [1, 3], 0)
+    out, _ = step(sched, runner)             # A's position 8 needs a block: B (newest) preempted
     assert out.preempted_request_ids == ("B",) and scheduled(out) == {"A": 1}
-    assert bm.lru_block_ids() == [2]         # B's full computed block stays findable
+    assert a.block_ids == [0, 2, 3]          # B's tail block, freed first, evicted first
+    assert bm.lru_block_ids() == [1]         # B's first full computed block stays findable
     while a.status == RequestStatus.RUNNING:
         step(sched, runner)
     out, _ = step(sched, runner)
     (plan,) = out.scheduled_new_requests
-    assert plan.request_id == "B" and plan.start_position == 4 and plan.block_ids[0] == 2
+    assert plan.request_id == "B" and plan.start_position == 4 and plan.block_ids[0] == 1
     while sched.has_unfinished_requests():
         step(sched, runner)
-    assert b.num_output_tokens == 6 and bm.num_free_blocks == 4
+    assert b.num_output_tokens == 8 and bm.num_free_blocks == 4

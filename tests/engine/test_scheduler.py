@@ -50,7 +50,9 @@ def test_lifecycle_prefill_decode_length_and_timestamps():
 
 def test_recompute_preemption_fcfs_exact_and_nothing_lost():
     # A and B: 12-token prompts (3 blocks each), 12 output tokens; 8 blocks cannot hold both to the end.
-    sched, bm = make_scheduler()
+    # No watermark: the two fill the cache to its last block on purpose (the default keeps 1 of
+    # the 8 blocks free at admission, so B would wait for A; test_scheduler_thrash covers that).
+    sched, bm = make_scheduler(kv_cache_watermark=0)
     runner = FakeRunner(sched)
     a = make_request("A", 12, max_tokens=12, arrival_time=0.0)
     b = make_request("B", 12, max_tokens=12, arrival_time=1.0)
@@ -114,23 +116,31 @@ def test_recompute_preemption_fcfs_exact_and_nothing_lost():
      ("priority", "B", {"A": 1, "C": 1})],  # priority: B (value 5) loses, though already scheduled
 )
 def test_preemption_victim_by_policy(policy, victim, expected):
+    # 6-token prompts: 2 blocks each, a 3rd from position 8. (This test used to admit C into the
+    # last 2 blocks, so that it was preempted in the very next step: the admission thrash that
+    # the admission headroom now prevents. C is admitted with room for everyone's next token and
+    # is preempted by decode growth, after it has produced tokens.)
     sched, bm = make_scheduler(policy=policy)
     runner = FakeRunner(sched)
-    a = make_request("A", 8, max_tokens=10, arrival_time=0.0, priority=0)
-    b = make_request("B", 8, max_tokens=10, arrival_time=1.0, priority=5)
-    c = make_request("C", 8, max_tokens=10, arrival_time=2.0, priority=1)
+    a = make_request("A", 6, max_tokens=10, arrival_time=0.0, priority=0)
+    b = make_request("B", 6, max_tokens=10, arrival_time=1.0, priority=5)
+    c = make_request("C", 6, max_tokens=10, arrival_time=2.0, priority=1)
     sched.add_request(a)
     sched.add_request(b)
     step(sched, runner)              # A [0,1], B [2,3]
     sched.add_request(c)
-    out, _ = step(sched, runner)     # A, B open a 3rd block; C admitted with [6,7]
-    assert scheduled(out) == {"A": 1, "B": 1, "C": 8} and bm.num_free_blocks == 0
+    out, _ = step(sched, runner)     # C admitted with [4,5]
+    assert scheduled(out) == {"A": 1, "B": 1, "C": 6} and bm.num_free_blocks == 2
+    step(sched, runner)
+    out, _ = step(sched, runner)     # A, B open a 3rd block at position 8
+    assert (a.block_ids, b.block_ids, bm.num_free_blocks) == ([0, 1, 6], [2, 3, 7], 0)
     out, _ = step(sched, runner)     # C needs a 3rd block at position 8
     assert out.preempted_request_ids == (victim,) and scheduled(out) == expected
     assert out.total_num_scheduled_tokens == 2
+    assert sched.get_request(victim).num_output_tokens == {"C": 3, "B": 4}[victim]  # progress first
     assert sched.get_request(victim).block_ids == []
     if policy == "priority":
-        assert c.block_ids == [6, 7, 5]  # B's tail block, freed first, went to C
+        assert c.block_ids == [4, 5, 7]  # B's tail block, freed first, went to C
     while sched.has_unfinished_requests():
         step(sched, runner)
     assert all(r.num_output_tokens == 10 for r in (a, b, c)) and bm.num_free_blocks == 8
@@ -197,6 +207,8 @@ def test_config_validation_messages():
         SchedulerConfig(policy="lifo")
     with pytest.raises(ValueError, match="max_num_seqs is 0"):
         SchedulerConfig(max_num_seqs=0)
+    with pytest.raises(ValueError, match=r"kv_cache_watermark is 1.0; it must be a fraction in \[0, 1\)"):
+        SchedulerConfig(kv_cache_watermark=1.0)
     with pytest.raises(ValueError, match="needs enable_chunked_prefill"):
         SchedulerConfig(max_num_batched_tokens=4096, max_model_len=4096, enable_chunked_prefill=False,
                         long_prefill_token_threshold=256)
@@ -323,29 +335,33 @@ def test_request_reuse_is_rejected():
     assert isinstance(Request("x", (1,), SamplingParams()).arrival_time, float)
 
 
-def test_preempting_an_already_scheduled_victim_refunds_its_tokens_and_keeps_the_rest():
+def test_preempting_an_already_scheduled_victim_drops_it_from_the_plan():
     # Priority policy; running order A, B, C, D. C's next block forces B (least urgent) out after
-    # B was already scheduled this step: B's token goes back to the budget, and D, behind C in
-    # the running list, is still scheduled with the refunded budget.
+    # B was already scheduled this step: B leaves the plan, its token goes back to the budget, and
+    # its blocks, tail first, go to C and to D, which is behind C in the running list. (This test
+    # used to admit D into the last free block with 18 prompt tokens to go; admission now keeps
+    # room for a prefill to finish, so the preemption here comes from decode growth.)
     sched, bm = make_scheduler(num_blocks=6, policy="priority", max_num_batched_tokens=8)
     runner = FakeRunner(sched)
-    a = make_request("A", 4, max_tokens=10, arrival_time=0.0, priority=0)
-    b = make_request("B", 4, max_tokens=10, arrival_time=1.0, priority=5)
-    c = make_request("C", 4, max_tokens=10, arrival_time=2.0, priority=1)
-    d = make_request("D", 20, max_tokens=2, arrival_time=3.0, priority=1)
+    a = make_request("A", 2, max_tokens=10, arrival_time=0.0, priority=0)
+    b = make_request("B", 2, max_tokens=10, arrival_time=1.0, priority=5)
+    c = make_request("C", 2, max_tokens=10, arrival_time=2.0, priority=1)
+    d = make_request("D", 2, max_tokens=10, arrival_time=3.0, priority=1)
     sched.add_request(a)
     sched.add_request(b)
-    assert scheduled(step(sched, runner)[0]) == {"A": 4, "B": 4}
+    assert scheduled(step(sched, runner)[0]) == {"A": 2, "B": 2}
     sched.add_request(c)
     sched.add_request(d)
-    out, _ = step(sched, runner)
-    assert scheduled(out) == {"A": 1, "B": 1, "C": 4, "D": 2} and bm.num_free_blocks == 0
-    assert (a.block_ids, b.block_ids, c.block_ids, d.block_ids) == ([0, 2], [1, 3], [4], [5])
+    assert scheduled(step(sched, runner)[0]) == {"A": 1, "B": 1, "C": 2, "D": 2}
+    step(sched, runner)
+    step(sched, runner)             # A and B reach position 4: a 2nd block each, none left
+    assert (a.block_ids, b.block_ids, c.block_ids, d.block_ids) == ([0, 4], [1, 5], [2], [3])
+    assert bm.num_free_blocks == 0
 
-    out, _ = step(sched, runner)
+    out, _ = step(sched, runner)    # C and D reach position 4
     assert out.preempted_request_ids == ("B",)
-    assert scheduled(out) == {"A": 1, "C": 1, "D": 6}  # 8 - A - C = 6 for D's chunk
-    assert c.block_ids == [4, 3] and d.block_ids == [5, 1]
+    assert scheduled(out) == {"A": 1, "C": 1, "D": 1} and out.total_num_scheduled_tokens == 3
+    assert c.block_ids == [2, 5] and d.block_ids == [3, 1] and b.block_ids == []
     while sched.has_unfinished_requests():
         step(sched, runner)
-    assert [r.num_output_tokens for r in (a, b, c, d)] == [10, 10, 10, 2] and bm.num_free_blocks == 6
+    assert [r.num_output_tokens for r in (a, b, c, d)] == [10] * 4 and bm.num_free_blocks == 6
