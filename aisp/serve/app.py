@@ -8,7 +8,7 @@ admitting, 503 while draining or unhealthy), GET /metrics (Prometheus text of `E
 
 Contract:
 - The server uses only the engine's public API (STYLE.md #18): `AsyncLLMEngine.add_request` and
-  the engine's read-only attributes (tokenizer, max_model_len, config).
+  the engine's read-only attributes (tokenizer, max_model_len, max_model_len_reason, config).
 - Every failure is `{"error": {"message", "type", "param", "code"}}` with a 4xx for bad input
   (400 invalid values and admission errors, 401 API key, 404 unknown model or route, 405, 413
   body over `max_body_bytes`) and 503 while shutting down; a bad request never touches the engine
@@ -220,9 +220,10 @@ async def _generate(request: web.Request, parsed: ParsedRequest,
     prompt_ids, field = await _prompt_ids(s, parsed)
     limit = s.engine.engine.max_model_len
     if len(prompt_ids) >= limit:
-        raise bad_request(f"the prompt has {len(prompt_ids):,} tokens; the model's context is "
-                          f"{limit:,} tokens (max_model_len), which leaves no room to generate; "
-                          f"shorten the prompt", param=field, code="context_length_exceeded")
+        raise bad_request(f"the prompt has {len(prompt_ids):,} tokens; this server's max_model_len "
+                          f"is {limit:,} tokens ({s.engine.engine.max_model_len_reason}), which "
+                          f"leaves no room to generate; shorten the prompt", param=field,
+                          code="context_length_exceeded")
     sampling = dict(parsed.sampling)
     sampling.setdefault("max_tokens", limit - len(prompt_ids))   # unset: the remaining context
     try:
