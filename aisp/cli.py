@@ -7,6 +7,7 @@ Every flag is honoured or rejected; none is silently ignored. `ch16/compare.py` 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -34,9 +35,13 @@ def hw_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the device, its capabilities, versions and measured ceilings."""
-    from aisp.hardware import ceilings, detect
+    from aisp.hardware import DeviceError, ceilings, detect
 
-    info = detect(device)
+    try:
+        info = detect(device)
+    except DeviceError as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2)
     ceil = ceilings(info, remeasure=remeasure)
     if as_json:
         console.print_json(json.dumps({"hardware": info.to_dict(), "ceilings": ceil.to_dict()}))
@@ -72,6 +77,32 @@ def list_targets(
     except TargetError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2)
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """Fail before the work, not after it: `path` must be a file we can write; its folder is
+    made now. Raises ValueError naming the flag, the path and the fix."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file path, e.g. "
+                         f"{path / 'results.json'}")
+    _prepare_output_dir(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path} exists and is not writable; choose another path")
+
+
+def _prepare_output_dir(folder: Path, flag: str) -> None:
+    """Make `folder` (and its parents) or raise ValueError saying why it cannot be."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag}: the folder {folder} cannot be made because {existing} is a "
+                         f"file; choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot make the folder {folder} ({e.strerror}); choose another "
+                         f"path") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: the folder {folder} is not writable; choose another path")
 
 
 class _RichProgress:
@@ -114,8 +145,6 @@ def bench_run(
                                             help="Exit 3 when a row regressed against expectations."),
 ) -> None:
     """Run pairs: time both sides, verify outputs, compare with expectations, write artifacts."""
-    import os
-
     from aisp.hardware import ceilings, detect
     from aisp.harness import expectations as exp
     from aisp.harness.discovery import TargetError, resolve_targets
@@ -124,17 +153,21 @@ def bench_run(
                                      run_dir_for, write_artifacts)
     from aisp.harness.runner import RunOptions, run_pairs
 
-    if device:
-        os.environ["AISP_DEVICE"] = device  # benchmarks call detect() themselves
     try:
+        info = detect(device)   # an unknown or absent device is a DeviceError (ValueError)
+        if device:
+            os.environ["AISP_DEVICE"] = device  # benchmarks call detect() themselves
         pairs = resolve_targets(targets)
         run_dir = run_dir_for(artifacts_dir, targets)
         options = RunOptions(profile=profile, iterations=iterations, warmup=warmup, seed=seed,
                              cold_l2=cold_l2, artifacts_dir=run_dir)
+        # Both outputs are checked (and their folders made) now, not after the whole run.
+        _prepare_output_dir(artifacts_dir, "--artifacts-dir")
+        if json_path:
+            _check_output_file(json_path, "--json")
     except (TargetError, ValueError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2)
-    info = detect(device)
     console.print(f"[bold]{info.name}[/] (key [cyan]{info.key}[/]); measuring ceilings if not "
                   f"cached...", highlight=False)
     ceil = ceilings(info)
@@ -150,7 +183,6 @@ def bench_run(
     results["options"]["seed_used"] = seed
     paths = write_artifacts(results, run_dir)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     for t in render_profile_summaries(results):
         console.print(t)
@@ -232,7 +264,8 @@ def generate_command(
     top_k: int = typer.Option(0, "--top-k"),
     seed: int = typer.Option(0, "--seed", help="Weights of presets, prompts, sampling."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Always produce output-len tokens."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: "
+                                         "cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16, bfloat16."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
     max_num_batched_tokens: int = typer.Option(2048, "--max-num-batched-tokens", min=1),
@@ -261,6 +294,8 @@ def generate_command(
         console.print("[red]error:[/] give either --prompt (one or more) or --num-prompts")
         raise typer.Exit(2)
     try:
+        if json_path:
+            _check_output_file(json_path, "--json")  # before the work, so no output is lost
         cfg = EngineConfig(model=model, device=device, dtype=dtype, seed=seed,
                            block_size=block_size, num_kv_blocks=num_kv_blocks,
                            max_model_len=max_model_len, max_num_seqs=max_num_seqs,
@@ -276,11 +311,12 @@ def generate_command(
         prompts = list(prompt) if prompt else random_prompts(
             num_prompts, input_len, engine.model_config.vocab_size, seed,
             avoid=engine.scheduler.eos_token_ids)
-    except (ValueError, RuntimeError) as e:
-        console.print(f"[red]error:[/] {escape(str(e))}")
+    except (ValueError, RuntimeError, OSError) as e:   # OSError: a model file missing or unreadable
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
     console.print(escape(f"{model} on {engine.device} ({str(engine.dtype).replace('torch.', '')}),"
-                         f" {engine.kv_cache!r}, max_model_len {engine.max_model_len:,}"),
+                         f" {engine.kv_cache!r}, max_model_len {engine.max_model_len:,}"
+                         f" ({engine.max_model_len_reason})"),
                   highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

@@ -1,6 +1,9 @@
 """What machine we are on, what it can do, and how fast it really is.
 
 Contract:
+- `parse_device(spec)` is the one check of a device string ('cpu', 'cuda', 'cuda:N'): anything
+  else, or a GPU that torch does not see, is a `DeviceError` (a ValueError) naming the value, the
+  valid ones and the fix, which every CLI turns into exit 2.
 - `detect()` returns a `HardwareInfo` for the device aisp will use (the first visible GPU, or the
   CPU): names, compute capability, SMs, memory, L2, driver/CUDA/torch/triton versions.
 - `hardware_key(name, count)` turns a device name into the slug that names expectation files
@@ -149,19 +152,64 @@ def _total_ram_bytes() -> int:
         return 0
 
 
+class DeviceError(ValueError):
+    """A device string that names no device aisp can run on; the message says which ones it can."""
+
+
+_DEVICE_SPEC = re.compile(r"(cpu|cuda)(?::(\d+))?")
+
+
+def parse_device(spec: str, source: str = "device", check_available: bool = True) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' -> torch.device, checked against what torch sees here.
+
+    `source` names where the value came from ('--device', 'AISP_DEVICE') so the message points at
+    what to change. Other torch device types (mps, xpu, meta, ...) are rejected too: no kernel or
+    workload here is written for them, and running them would be a silent substitute.
+    `check_available=False` checks only the spelling (a config may be written on another machine).
+    """
+    m = _DEVICE_SPEC.fullmatch(spec.strip().lower()) if isinstance(spec, str) else None
+    if m is None or (m.group(1) == "cpu" and m.group(2) not in (None, "0")):
+        raise DeviceError(f"{source} {spec!r} is not a device aisp runs on; valid: cpu, cuda, "
+                          f"cuda:N (N < the number of visible GPUs)")
+    if m.group(1) == "cpu":
+        return torch.device("cpu")
+    if not check_available:
+        return torch.device("cuda", int(m.group(2))) if m.group(2) else torch.device("cuda")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{source} {spec!r} was asked for, but torch sees no CUDA GPU (torch "
+                          f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                          + ("unset AISP_DEVICE or set it to cpu" if source == "AISP_DEVICE"
+                             else "use cpu, or leave the device unset (cuda if there is one)"))
+    if m.group(2) is None:
+        return torch.device("cuda")
+    index, count = int(m.group(2)), torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"{source} {spec!r}: torch sees {count} GPU(s), so valid indices are "
+                          f"0..{count - 1} (CUDA_VISIBLE_DEVICES renumbers them from 0)")
+    return torch.device("cuda", index)
+
+
 def detect(device: str | None = None) -> HardwareInfo:
     """Describe the device aisp will run on. `device` ('cpu'/'cuda') overrides; the environment
     variable AISP_DEVICE does the same for every command. Cached: detection shells out for the
-    driver version, and every benchmark asks."""
-    wanted = device or os.environ.get("AISP_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return _detect(wanted)
+    driver version, and every benchmark asks. Raises `DeviceError` for a device it cannot use."""
+    if device:
+        wanted = parse_device(device, "--device")
+    elif os.environ.get("AISP_DEVICE"):
+        wanted = parse_device(os.environ["AISP_DEVICE"], "AISP_DEVICE")
+    else:
+        wanted = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted.type == "cuda" and wanted.index not in (None, 0):
+        # Benchmarks put their tensors on `HardwareInfo.device` (the first GPU) and some on plain
+        # 'cuda' (the current one): honouring another index here would run them on GPU 0 anyway.
+        raise DeviceError(f"device '{wanted}': benchmarks and `aisp hw` use the first visible GPU; "
+                          f"select GPU {wanted.index} with CUDA_VISIBLE_DEVICES={wanted.index} and "
+                          f"pass cuda")
+    return _detect(wanted.type)
 
 
 @functools.lru_cache(maxsize=4)
 def _detect(wanted: str) -> HardwareInfo:
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{wanted}' was asked for, but torch sees no CUDA GPU "
-                           f"(torch {torch.__version__}); use --device cpu or unset AISP_DEVICE")
     common = dict(torch_version=torch.__version__, triton_version=_triton_version(),
                   python_version=platform.python_version(), cpu_model=_cpu_model(),
                   cpu_count=os.cpu_count() or 1)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from aisp.cli import app
@@ -90,3 +91,47 @@ def test_update_expectations_then_compare_and_refuse_failed(toy_root, tmp_path):
     exp_file.write_text("{oops")
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and str(exp_file) in r.output.replace("\n", "")
+
+
+def test_unknown_or_absent_devices_exit_2_before_anything_runs(toy_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("AISP_DEVICE", raising=False)   # restored after; bench run sets it
+    write_pair(toy_root, "ch90", "mm", "lambda a, x: a @ x", {"": "lambda a, x: a @ x"})
+    runner = CliRunner()
+    for args in (["hw", "--device", "tpu"],
+                 ["bench", "run", "--targets", "ch90", "--device", "tpu", "--artifacts-dir",
+                  str(tmp_path / "art")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert "--device 'tpu' is not a device aisp runs on; valid: cpu, cuda, cuda:N" in r.output
+        assert "measuring ceilings" not in r.output and "copy bandwidth" not in r.output
+    assert "AISP_DEVICE" not in os.environ and not (tmp_path / "art").exists()
+    if not torch.cuda.is_available():
+        r = runner.invoke(app, ["hw", "--device", "cuda"])
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+        assert "--device 'cuda' was asked for, but torch sees no CUDA GPU" in r.output
+
+
+def test_bench_output_paths_are_checked_before_the_run(toy_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("AISP_DEVICE", raising=False)
+    write_pair(toy_root, "ch90", "mm", "lambda a, x: a @ x", {"": "lambda a, x: a @ x"})
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    art = ["--artifacts-dir", str(tmp_path / "art")]
+    cases = [(["--artifacts-dir", str(a_file)],
+              f"--artifacts-dir: the folder {a_file} cannot be made because {a_file} is a file"),
+             (art + ["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file path"),
+             (art + ["--json", str(a_file / "r.json")],
+              f"--json: the folder {a_file} cannot be made because {a_file} is a file")]
+    runner = CliRunner()
+    base = ["bench", "run", "--targets", "ch90", "--device", "cpu"]
+    for args, message in cases:
+        r = runner.invoke(app, base + args)
+        assert r.exit_code == 2, r.output
+        assert message in " ".join(r.output.split()), r.output   # rich wraps long lines
+        assert "measuring ceilings" not in r.output   # refused before the run, not after it
+    assert not list(tmp_path.glob("art/*/results.json"))
+    # A --json in folders that do not exist yet: they are made, and the run writes there.
+    out = tmp_path / "new" / "sub" / "r.json"
+    r = runner.invoke(app, base + art + ["--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["rows"][0]["key"].startswith("mm")

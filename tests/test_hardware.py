@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -47,11 +48,31 @@ def test_detect_cpu_reports_versions():
     assert info.compute_dtype == torch.float32
 
 
-def test_cuda_request_without_gpu_is_a_clear_error():
+def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+    # A ValueError: the CLIs turn it into a message and exit 2, never a traceback.
+    with pytest.raises(ValueError, match="--device 'cuda' was asked for, but torch sees no CUDA "
+                                         "GPU.*use cpu"):
         detect("cuda")
+    monkeypatch.setenv("AISP_DEVICE", "cuda:0")
+    with pytest.raises(ValueError, match="AISP_DEVICE 'cuda:0' .*no CUDA GPU.*unset AISP_DEVICE"):
+        detect()
+
+
+@pytest.mark.parametrize("spec", ["tpu", "mps", "cuda0", "cuda:-1", "cpu:2", "xla:0"])
+def test_unknown_devices_are_refused_listing_the_valid_ones(spec, monkeypatch):
+    with pytest.raises(ValueError, match=rf"--device '{re.escape(spec)}' is not a device aisp runs "
+                                         r"on; valid: cpu, cuda, cuda:N"):
+        detect(spec)
+    monkeypatch.setenv("AISP_DEVICE", spec)   # benchmarks read the device from here
+    with pytest.raises(ValueError, match=rf"AISP_DEVICE '{re.escape(spec)}' is not a device"):
+        detect()
+
+
+@pytest.mark.parametrize("spec", ["cpu", "CPU", "cpu:0"])
+def test_cpu_spellings_are_accepted(spec):
+    assert detect(spec).device_type == "cpu"
 
 
 def test_ceilings_are_measured_once_and_cached(tmp_path, monkeypatch):

@@ -8,10 +8,13 @@ so a misspelt option is an error rather than a silently ignored flag.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from aisp.hardware import parse_device
 
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -20,7 +23,7 @@ DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16,
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = "tiny"                      # preset name or HF model folder
-    device: str | None = None                # None: cuda if available, else cpu
+    device: str | None = None                # cpu | cuda | cuda:N; None: cuda if available, else cpu
     dtype: str = "auto"                      # auto: bf16 on GPUs that have it, float32 on CPU
     seed: int = 0                            # weights of synthetic presets; default sampling
     block_size: int = 16                     # tokens per KV block
@@ -39,6 +42,8 @@ class EngineConfig:
     async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
 
     def __post_init__(self) -> None:
+        if self.device:
+            parse_device(self.device, "device", check_available=False)  # 'tpu' fails here
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype '{self.dtype}' unknown; choose one of {', '.join(DTYPES)}")
         if self.attention_kernels not in ("auto", "triton", "torch"):
@@ -75,11 +80,9 @@ class EngineConfig:
         return cls(**values)
 
     def resolve_device(self) -> torch.device:
+        """The device to run on; a GPU that torch does not see is a DeviceError (a ValueError)."""
         if self.device:
-            if self.device.startswith("cuda") and not torch.cuda.is_available():
-                raise RuntimeError(f"device '{self.device}' was asked for but torch sees no GPU; "
-                                   f"use device='cpu'")
-            return torch.device(self.device)
+            return parse_device(self.device, "device")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def resolve_dtype(self, device: torch.device) -> torch.dtype:
@@ -110,9 +113,18 @@ class EngineConfig:
     def resolve_kernels(self, device: torch.device, head_dim: int) -> str:
         """Triton on a GPU; on the CPU the torch twins (the interpreter is for tests only).
 
+        An explicit 'triton' on the CPU is an error unless TRITON_INTERPRET=1 is set (Triton
+        then runs its kernels in the interpreter: slow, float32/float16, what the tests use; the
+        same switch that `aisp.kernels.kv_cache_ops.require_triton_device` reads per call).
         The Triton decode kernel tiles head_dim with tl.dot, so it needs a power of two >= 16;
         `auto` falls back to the twins for other models, an explicit 'triton' is an error.
         """
+        if (self.attention_kernels == "triton" and device.type != "cuda"
+                and os.environ.get("TRITON_INTERPRET") != "1"):
+            raise ValueError(f"attention_kernels='triton' needs a CUDA device, but this engine "
+                             f"runs on {device}; on a CPU use 'torch' or 'auto' (the torch twins "
+                             f"of every kernel). Triton runs on a CPU only in its interpreter, "
+                             f"for tests: TRITON_INTERPRET=1 set before aisp is imported")
         supported = head_dim >= 16 and head_dim & (head_dim - 1) == 0
         if self.attention_kernels == "triton" and not supported:
             raise ValueError(f"attention_kernels='triton' needs head_dim to be a power of two "

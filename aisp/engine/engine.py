@@ -120,6 +120,9 @@ class LLMEngine:
         self.device = config.resolve_device()
         self.dtype = config.resolve_dtype(self.device)
         source = resolve_model(config.model)
+        # Switches that cannot run here fail now, before the weights are read.
+        kernels = config.resolve_kernels(self.device, source.config.head_dim)
+        graph_mode = config.resolve_decode_graphs(self.device, kernels)
         self.model, self.model_config = source.load(self.device, self.dtype, config.seed)
         try:
             self.tokenizer = source.tokenizer()
@@ -129,28 +132,19 @@ class LLMEngine:
         spec = KVCacheSpec(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
                            config.block_size, self.dtype)
         self.kv_cache = self._allocate_kv_cache(spec)
-        self.max_model_len = config.max_model_len or min(mc.max_model_len,
-                                                         self.kv_cache.capacity_tokens)
-        if self.max_model_len > self.kv_cache.capacity_tokens:
-            raise ValueError(f"max_model_len {self.max_model_len:,} exceeds the KV cache's "
-                             f"{self.kv_cache.capacity_tokens:,} tokens; lower max_model_len or "
-                             f"give the cache more memory")
-        if self.max_model_len > mc.max_model_len:
-            raise ValueError(f"max_model_len {self.max_model_len:,} exceeds the model's context "
-                             f"of {mc.max_model_len:,} tokens")
+        self.max_model_len, self.max_model_len_reason = self._context_limit()
         self.block_manager = BlockManager(self.kv_cache.num_blocks, config.block_size,
                                           config.enable_prefix_caching)
         eos = set(self.tokenizer.eos_token_ids if self.tokenizer else ()) | set(mc.eos_token_ids or ())
         self.scheduler = Scheduler(
             SchedulerConfig(max_num_batched_tokens=config.max_num_batched_tokens,
                             max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,
+                            max_model_len_reason=self.max_model_len_reason,
                             policy=config.policy,
                             enable_chunked_prefill=config.enable_chunked_prefill,
                             kv_cache_watermark=config.kv_cache_watermark),
             self.block_manager, eos_token_ids=eos)
-        kernels = config.resolve_kernels(self.device, mc.head_dim)
         self.model.set_elementwise_kernels(kernels)  # fused norm/RoPE/SiLU beside Triton attention
-        graph_mode = config.resolve_decode_graphs(self.device, kernels)
         graphs = None if graph_mode == "off" else DecodeGraphs(
             self.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.device,
             kernels, capture=graph_mode == "cuda")
@@ -163,6 +157,44 @@ class LLMEngine:
         self.finished_listeners: list[Callable[[RequestOutput], None]] = []
         self._ids = itertools.count()
         torch.manual_seed(config.seed)
+
+    def _context_limit(self) -> tuple[int, str]:
+        """max_model_len and what set it, in words that name the option to change: admission
+        errors quote it, so a prompt refused at 16 tokens says it was the KV cache, not the model.
+
+        The limit is max_model_len if given, else the smaller of the model's context
+        (ModelConfig.max_model_len) and the KV cache's capacity (blocks x block_size).
+        """
+        cfg, mc, cache = self.config, self.model_config, self.kv_cache
+        capacity = cache.capacity_tokens
+        if cfg.num_kv_blocks is not None:
+            cache_size, cache_fix = (f"--num-kv-blocks {cache.num_blocks:,} x --block-size "
+                                     f"{cache.block_size}"), "raise --num-kv-blocks"
+        else:
+            budget = (f"kv_cache_memory_fraction {cfg.kv_cache_memory_fraction:g} of free GPU "
+                      f"memory" if self.device.type == "cuda"
+                      else f"cpu_kv_cache_bytes {cfg.cpu_kv_cache_bytes / 2**20:,.0f} MiB")
+            cache_size, cache_fix = (f"{cache.num_blocks:,} blocks x {cache.block_size} tokens "
+                                     f"fit in {budget}"), "set a larger --num-kv-blocks"
+        if mc.max_model_len == mc.max_position_embeddings:
+            model_words = f"the model's context, max_position_embeddings of {cfg.model}"
+        else:
+            model_words = (f"the longest context aisp runs {cfg.model} at exactly, below its "
+                           f"max_position_embeddings {mc.max_position_embeddings:,}")
+        if cfg.max_model_len is not None:
+            if cfg.max_model_len > capacity:
+                raise ValueError(f"max_model_len {cfg.max_model_len:,} exceeds the KV cache's "
+                                 f"{capacity:,} tokens ({cache_size}); lower --max-model-len or "
+                                 f"{cache_fix}")
+            if cfg.max_model_len > mc.max_model_len:
+                raise ValueError(f"max_model_len {cfg.max_model_len:,} exceeds {mc.max_model_len:,} "
+                                 f"tokens ({model_words}); lower --max-model-len to at most "
+                                 f"{mc.max_model_len:,}")
+            return cfg.max_model_len, "set by --max-model-len"
+        if capacity < mc.max_model_len:
+            return capacity, (f"capped by the KV cache: {cache_size}; {cache_fix}, the model's "
+                              f"context is {mc.max_model_len:,}")
+        return mc.max_model_len, model_words
 
     def _allocate_kv_cache(self, spec: KVCacheSpec) -> KVCache:
         cfg = self.config

@@ -66,6 +66,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048   # token budget per step (all requests together)
     max_num_seqs: int = 64               # requests running at once
     max_model_len: int = 2048            # prompt + output tokens of one request, at most
+    max_model_len_reason: str | None = None  # what set max_model_len, quoted by admission errors
     policy: Literal["fcfs", "priority"] = "fcfs"
     enable_chunked_prefill: bool = True  # split prompts longer than the step's remaining budget
     long_prefill_token_threshold: int = 0  # cap on one prefill chunk per step; 0 = no cap
@@ -128,15 +129,20 @@ class Scheduler:
             raise ValueError(f"request id {rid!r} is already in use by an unfinished request; use a unique id")
         if request.status != RequestStatus.WAITING or request.output_token_ids:
             raise ValueError(f"request {rid!r} has already been served ({request.status.value}); submit a new Request")
+        why = self.config.max_model_len_reason
         if n >= limit:
+            context = (f"max_model_len is {limit:,} tokens ({why})" if why else
+                       f"the model's context is {limit:,} (max_model_len)")
             raise ValueError(
-                f"request {rid!r}: prompt has {n:,} tokens; the model's context is {limit:,} "
-                f"(max_model_len), which leaves no room to generate; shorten the prompt"
+                f"request {rid!r}: prompt has {n:,} tokens; {context}, which leaves no room to "
+                f"generate; shorten the prompt"
             )
         if n + m > limit:
+            context = (f"max_model_len of {limit:,} tokens ({why})" if why else
+                       f"the model's context of {limit:,} tokens")
             raise ValueError(
                 f"request {rid!r}: prompt ({n:,} tokens) + max_tokens ({m:,}) = {n + m:,} exceeds "
-                f"the model's context of {limit:,} tokens; lower max_tokens to at most {limit - n:,}"
+                f"the {context}; lower max_tokens to at most {limit - n:,}"
             )
         bm = self.block_manager
         need = bm.num_blocks_for(n + m - 1)  # the last sampled token never needs KV

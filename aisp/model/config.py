@@ -10,6 +10,8 @@ Contract:
   Other HF keys (use_cache, initializer_range, ...) do not affect inference and are skipped.
 - `to_hf()` writes a dict that transformers 5 loads (and that `from_hf` reads back equal).
 - Every field is validated at construction; derive a changed config with `dataclasses.replace`.
+- `read_json_file(path, what)` reads the JSON files of a model folder: one that is not a JSON
+  object is a ValueError naming the file and the problem (json's own message names neither).
 """
 
 from __future__ import annotations
@@ -171,8 +173,8 @@ class ModelConfig:
             path = path / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no config.json at {path}; pass an HF model folder or its config.json")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_hf(json.load(f))
+        d = read_json_file(path, "an HF config.json")
+        return cls.from_hf(d)
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> ModelConfig:
@@ -290,6 +292,25 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with `changes` applied and re-validated (configs are derived, never mutated)."""
         return dataclasses.replace(self, **changes)
+
+
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`; a file that is not one is a ValueError naming the file, the
+    problem and the fix (json's own message names neither the file nor what to do)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); it should be "
+                         f"{what}: the file may be damaged, fetch or write it again") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}); "
+                         f"it should be {what}: the file may be damaged or cut short, fetch or "
+                         f"write it again") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; it should be "
+                         f"{what}")
+    return d
 
 
 def _reject_unsupported(d: dict[str, Any]) -> None:

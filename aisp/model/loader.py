@@ -9,6 +9,9 @@ Contract:
   headers are checked: a missing tensor, an unexpected tensor, or a shape that disagrees with
   config.json is an error naming the tensor, the file and both shapes. `lm_head.weight` may be
   absent only when `tie_word_embeddings` is set (present and tied, it must equal the embedding).
+- A file that cannot be read as what it should be (a safetensors file cut short, a damaged
+  index) is a ValueError naming the file, the problem and the fix; a folder without weights is
+  a FileNotFoundError saying what it holds.
 - Tensors are read shard by shard straight onto `device` and copied into parameters already
   allocated there in `dtype`, so peak extra memory is one tensor, not one checkpoint.
 - `hf_state_dict(model)` is the inverse mapping (fused parameters split back into HF names),
@@ -17,15 +20,17 @@ Contract:
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from aisp.model.config import ModelConfig
+from aisp.model.config import ModelConfig, read_json_file
 from aisp.model.llama import LlamaForCausalLM
 
 SINGLE_FILE = "model.safetensors"
@@ -82,8 +87,11 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     if (folder / SINGLE_FILE).is_file():
         return [folder / SINGLE_FILE]
     if (folder / INDEX_FILE).is_file():
-        with open(folder / INDEX_FILE, encoding="utf-8") as f:
-            weight_map: dict[str, str] = json.load(f)["weight_map"]
+        index = read_json_file(folder / INDEX_FILE, "a safetensors shard index")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{folder / INDEX_FILE} has no 'weight_map' (tensor name -> shard "
+                             f"file); the index is damaged: fetch or write it again")
         files = [folder / name for name in dict.fromkeys(sorted(weight_map.values()))]
         absent = [str(p) for p in files if not p.is_file()]
         if absent:
@@ -94,7 +102,9 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     if any(name.endswith(".bin") or name.endswith(".pt") for name in found):
         hint = (" Pickled weights (.bin/.pt) are never loaded here; convert them once with "
                 "transformers (from_pretrained(...).save_pretrained(out, safe_serialization=True)).")
-    raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {folder} (found: {', '.join(found) or 'nothing'}).{hint}")
+    raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {folder} (found: "
+                            f"{', '.join(found) or 'nothing'}), so there are no weights to load; put the "
+                            f"checkpoint's *.safetensors files beside its config.json.{hint}")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu",
@@ -111,7 +121,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
     tied_lm_head: tuple[Path, str] | None = None
     with torch.no_grad():
         for file in files:
-            with safe_open(str(file), framework="pt", device=str(device)) as f:
+            with _open_safetensors(file, device) as f:
                 for name in located[file]:
                     if name not in slots:  # lm_head.weight of a tied checkpoint: checked below
                         tied_lm_head = (file, name)
@@ -119,7 +129,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
                     s = slots[name]
                     params[s.param][s.row_start:s.row_start + s.shape[0]].copy_(f.get_tensor(name))
         if tied_lm_head is not None:
-            with safe_open(str(tied_lm_head[0]), framework="pt", device=str(device)) as f:
+            with _open_safetensors(tied_lm_head[0], device) as f:
                 lm_head = f.get_tensor(tied_lm_head[1]).to(dtype)
             if not torch.equal(lm_head, model.embed_tokens.weight):
                 raise ValueError(f"{tied_lm_head[0].name}: config.json sets tie_word_embeddings but lm_head.weight "
@@ -142,7 +152,7 @@ def _check_headers(files: list[Path], slots: dict[str, WeightSlot],
     unexpected: list[str] = []
     for file in files:
         names: list[str] = []
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        with _open_safetensors(file, "cpu") as f:
             for name in f.keys():
                 if _DERIVED_BUFFER.fullmatch(name):
                     continue
@@ -172,6 +182,20 @@ def _check_headers(files: list[Path], slots: dict[str, WeightSlot],
         raise ValueError(f"{len(missing)} tensor(s) missing from {', '.join(p.name for p in files)}: "
                          f"{_first(missing)}{hint}")
     return located
+
+
+@contextmanager
+def _open_safetensors(file: Path, device: torch.device | str) -> Iterator[Any]:
+    """`safe_open`, with the library's errors (a file cut short, a damaged header) turned into a
+    ValueError that names the file and the fix; our own errors from the body pass unchanged."""
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            yield f
+    except SafetensorError as e:
+        size = file.stat().st_size if file.is_file() else 0
+        raise ValueError(f"{file} ({size:,} bytes) is not a readable safetensors file: {e}; it was "
+                         f"probably cut short (an interrupted download or copy) or damaged: fetch "
+                         f"or write it again") from None
 
 
 def _first(names: list[str], limit: int = 8) -> str:

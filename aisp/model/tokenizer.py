@@ -7,7 +7,8 @@ Contract:
   the file itself). Special ids come from tokenizer_config.json (`bos_token`/`eos_token`) and
   generation_config.json (`eos_token_id`, `bos_token_id`), whose eos ids are merged because chat
   models stop on several (Llama-3-Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>); config.json
-  is the fallback when neither file names them.
+  is the fallback when neither file names them. A damaged tokenizer.json or JSON file beside it
+  is a ValueError naming the file (an absent tokenizer.json is a FileNotFoundError).
 - `byte_tokenizer()` is the tokenizer of synthetic models: ids 0..255 are the raw UTF-8 bytes,
   then <|bos|> (256), <|eos|> (257), <|pad|> (258); encode prepends <|bos|> like Llama's. It is a
   real `tokenizers.Tokenizer` (byte-level BPE without merges), so `save_byte_tokenizer` writes a
@@ -25,6 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import tokenizers
 from tokenizers import AddedToken, decoders, models, processors
 from tokenizers.pre_tokenizers import ByteLevel
+
+from aisp.model.config import read_json_file
 
 BYTE_BOS, BYTE_EOS, BYTE_PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 BYTE_BOS_ID, BYTE_EOS_ID, BYTE_PAD_ID = 256, 257, 258  # right after the 256 byte ids
@@ -92,7 +95,12 @@ def load_tokenizer(path: str | Path) -> HFTokenizer:
     if not file.is_file():
         raise FileNotFoundError(f"no tokenizer.json at {file}; aisp reads only the fast-tokenizer file "
                                 f"(save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(dir))")
-    tok = tokenizers.Tokenizer.from_file(str(file))
+    try:
+        tok = tokenizers.Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust library raises a bare Exception with the parser's message
+        raise ValueError(f"{file} cannot be read by the tokenizers library ({e}); the file may be "
+                         f"damaged or cut short, or written by a newer tokenizers than "
+                         f"{tokenizers.__version__}: fetch it again") from None
     folder = file.parent
     tok_cfg = _read_json(folder / "tokenizer_config.json")
     gen_cfg = _read_json(folder / "generation_config.json")
@@ -177,7 +185,7 @@ def _ids(value: int | list[int] | None) -> list[int]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """An optional JSON file next to tokenizer.json: {} when absent, an error naming it when bad."""
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json_file(path, f"the model's {path.name}")

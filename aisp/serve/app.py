@@ -8,8 +8,9 @@ admitting, 503 while draining or unhealthy), GET /metrics (Prometheus text of `E
 
 Contract:
 - The server uses only the engine's public API (STYLE.md #18): `AsyncLLMEngine.add_request` and
-  the engine's read-only attributes (tokenizer, max_model_len, config, model_config); the model
-  facts it serves (context, vocabulary) are read in one place, `model_info`.
+  the engine's read-only attributes (tokenizer, max_model_len, max_model_len_reason, config,
+  model_config); the model facts it serves (context and what set it, vocabulary) are read in
+  one place, `model_info`.
 - GET /v1/models lists one model card: OpenAI's fields plus vLLM's `max_model_len` (prompt +
   output tokens of one request, at most) and aisp's `vocab_size` (token-id prompts must hold
   ids in [0, vocab_size)), so a load tester can fit its prompts to the model.
@@ -64,13 +65,15 @@ class ModelInfo:
     root: str            # the preset name or model folder the engine loaded
     max_model_len: int   # prompt + output tokens of one request, at most
     vocab_size: int      # token ids the model takes: [0, vocab_size)
+    max_model_len_reason: str = ""   # what set max_model_len (a flag, the KV cache, the model)
 
 
 def model_info(engine: AsyncLLMEngine) -> ModelInfo:
     """The model facts of `engine`: the one place the server reads them (so that they can move
     behind the engine-client API without touching the routes)."""
     llm = engine.engine
-    return ModelInfo(llm.config.model, llm.max_model_len, llm.model_config.vocab_size)
+    return ModelInfo(llm.config.model, llm.max_model_len, llm.model_config.vocab_size,
+                     llm.max_model_len_reason)
 
 
 @dataclass(frozen=True)
@@ -245,9 +248,10 @@ async def _generate(request: web.Request, parsed: ParsedRequest,
     prompt_ids, field = await _prompt_ids(s, parsed)
     limit = s.model.max_model_len
     if len(prompt_ids) >= limit:
-        raise bad_request(f"the prompt has {len(prompt_ids):,} tokens; the model's context is "
-                          f"{limit:,} tokens (max_model_len), which leaves no room to generate; "
-                          f"shorten the prompt", param=field, code="context_length_exceeded")
+        raise bad_request(f"the prompt has {len(prompt_ids):,} tokens; this server's max_model_len "
+                          f"is {limit:,} tokens ({s.model.max_model_len_reason}), which "
+                          f"leaves no room to generate; shorten the prompt", param=field,
+                          code="context_length_exceeded")
     sampling = dict(parsed.sampling)
     sampling.setdefault("max_tokens", limit - len(prompt_ids))   # unset: the remaining context
     try:

@@ -32,8 +32,8 @@ def serve_command(
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name",
                                                     help="The model id clients send (default: "
                                                          "--model)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if "
-                                         "available)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: "
+                                         "cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16, bfloat16."),
     seed: int = typer.Option(0, "--seed", help="Weights of presets; default sampling seed."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1,
@@ -74,8 +74,10 @@ def serve_command(
                               enable_prefix_caching=not no_prefix_caching,
                               attention_kernels=attention_kernels, decode_graphs=decode_graphs,
                               async_scheduling=async_scheduling)
+        # Everything that cannot run (device, kernels, model files) fails here, before the
+        # server listens: it never reports healthy with an engine that cannot serve.
         engine = LLMEngine(config)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:   # OSError: a model file missing or unreadable
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     server = Server(engine, host, port, api_key, served_model_name)
@@ -94,7 +96,8 @@ async def _serve(server, drain_timeout: float | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     engine = server.engine
     typer.echo(f"aisp serve: {server.served_model_name} ({engine.device}, max_model_len "
-               f"{engine.max_model_len:,}) listening on http://{server.host}:{port}")
+               f"{engine.max_model_len:,}: {engine.max_model_len_reason}) listening on "
+               f"http://{server.host}:{port}")
     await stop.wait()
     typer.echo(f"aisp serve: draining {server.async_engine.num_inflight} in-flight request(s)")
     await server.stop(drain=True, timeout=drain_timeout)

@@ -54,6 +54,41 @@ def test_serve_rejects_a_bad_engine_option():
     assert r.exit_code == 2 and "attention_kernels 'fast' unknown" in r.output
 
 
+# An address no interface here has (TEST-NET-1): a server that got past its configuration would
+# fail at once with "cannot listen" instead of serving, so these tests can never hang, and the
+# assertions tell a configuration error (wanted) from a listen error (the server got that far).
+UNBINDABLE = ["--host", "192.0.2.1", "--port", "0"]
+
+
+def test_serve_refuses_what_cannot_run_before_it_listens(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # a user's CPU, not the test suite's
+    r = CliRunner().invoke(_app(), ["serve", "--model", "tiny", "--device", "cpu",
+                                    "--attention-kernels", "triton", *UNBINDABLE])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    out = " ".join(r.output.split())
+    assert "attention_kernels='triton' needs a CUDA device" in out, r.output
+    assert "on a CPU use 'torch' or 'auto'" in out and "cannot listen" not in out
+    r = CliRunner().invoke(_app(), ["serve", "--model", "tiny", "--device", "tpu", *UNBINDABLE])
+    assert r.exit_code == 2, r.output
+    assert "device 'tpu' is not a device aisp runs on; valid: cpu, cuda, cuda:N" in r.output
+
+
+@pytest.mark.parametrize("name,damage,words", [
+    ("config.json", lambda p: p.write_text("{oops"), "is not valid JSON"),
+    ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:1000]),
+     "is not a readable safetensors file"),
+    ("tokenizer.json", lambda p: p.write_text("{"), "cannot be read by the tokenizers library"),
+], ids=["config-json", "truncated-weights", "tokenizer-json"])
+def test_serve_names_a_damaged_model_file(tmp_path, name, damage, words):
+    folder = save_synthetic("tiny", tmp_path / "m", seed=0)
+    damage(folder / name)
+    r = CliRunner().invoke(_app(), ["serve", "--model", str(folder), "--device", "cpu",
+                                    *UNBINDABLE])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    out = " ".join(r.output.split())
+    assert str(folder / name) in out and words in out and "cannot listen" not in out, r.output
+
+
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory) -> Path:
     """Byte-vocab tiny Llama with a 4,096-token context, for a stream that lasts seconds."""
