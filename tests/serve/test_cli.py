@@ -7,6 +7,7 @@ import asyncio
 import os
 import queue
 import re
+import socket
 import signal
 import subprocess
 import sys
@@ -54,21 +55,27 @@ def test_serve_rejects_a_bad_engine_option():
     assert r.exit_code == 2 and "attention_kernels 'fast' unknown" in r.output
 
 
-# An address no interface here has (TEST-NET-1): a server that got past its configuration would
-# fail at once with "cannot listen" instead of serving, so these tests can never hang, and the
-# assertions tell a configuration error (wanted) from a listen error (the server got that far).
-UNBINDABLE = ["--host", "192.0.2.1", "--port", "0"]
+@pytest.fixture
+def taken_port():
+    """A port on 127.0.0.1 that this test already listens on: a server that got past its
+    configuration fails at once with "cannot listen" instead of serving, so these tests can
+    never hang, and the assertions tell a configuration error (wanted) from a listen error (the
+    server got that far)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield ["--host", "127.0.0.1", "--port", str(sock.getsockname()[1])]
 
 
-def test_serve_refuses_what_cannot_run_before_it_listens(monkeypatch):
+def test_serve_refuses_what_cannot_run_before_it_listens(monkeypatch, taken_port):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # a user's CPU, not the test suite's
     r = CliRunner().invoke(_app(), ["serve", "--model", "tiny", "--device", "cpu",
-                                    "--attention-kernels", "triton", *UNBINDABLE])
+                                    "--attention-kernels", "triton", *taken_port])
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
     out = " ".join(r.output.split())
     assert "attention_kernels='triton' needs a CUDA device" in out, r.output
     assert "on a CPU use 'torch' or 'auto'" in out and "cannot listen" not in out
-    r = CliRunner().invoke(_app(), ["serve", "--model", "tiny", "--device", "tpu", *UNBINDABLE])
+    r = CliRunner().invoke(_app(), ["serve", "--model", "tiny", "--device", "tpu", *taken_port])
     assert r.exit_code == 2, r.output
     assert "device 'tpu' is not a device aisp runs on; valid: cpu, cuda, cuda:N" in r.output
 
@@ -79,11 +86,11 @@ def test_serve_refuses_what_cannot_run_before_it_listens(monkeypatch):
      "is not a readable safetensors file"),
     ("tokenizer.json", lambda p: p.write_text("{"), "cannot be read by the tokenizers library"),
 ], ids=["config-json", "truncated-weights", "tokenizer-json"])
-def test_serve_names_a_damaged_model_file(tmp_path, name, damage, words):
+def test_serve_names_a_damaged_model_file(tmp_path, name, damage, words, taken_port):
     folder = save_synthetic("tiny", tmp_path / "m", seed=0)
     damage(folder / name)
     r = CliRunner().invoke(_app(), ["serve", "--model", str(folder), "--device", "cpu",
-                                    *UNBINDABLE])
+                                    *taken_port])
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
     out = " ".join(r.output.split())
     assert str(folder / name) in out and words in out and "cannot listen" not in out, r.output
