@@ -6,11 +6,13 @@ Every flag is honoured or rejected; none is silently ignored. `ch16/compare.py` 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -24,6 +26,12 @@ bench_app = typer.Typer(no_args_is_help=True, help="Discover and run baseline/op
 app.add_typer(bench_app, name="bench")
 # Wide enough for the results table when output goes to a file or CI log (no terminal width).
 console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+def _error(message: Any) -> None:
+    """Print a user error. The text is escaped: rich would read 'flash_sdp[b1_s256]' as markup
+    and print 'flash_sdp'."""
+    console.print(f"[red]error:[/] {escape(str(message))}", highlight=False)
 
 
 @app.command("hw")
@@ -40,20 +48,21 @@ def hw_command(
     try:
         info = detect(device)
     except DeviceError as e:
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        _error(e)
         raise typer.Exit(2)
     ceil = ceilings(info, remeasure=remeasure)
     if as_json:
         console.print_json(json.dumps({"hardware": info.to_dict(), "ceilings": ceil.to_dict()}))
         return
-    t = Table(title=f"hardware key: {info.key}", show_header=False, title_justify="left")
+    t = Table(title=escape(f"hardware key: {info.key}"), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
+    # Table cells are markup too: escaped, so a value such as a list prints as it is.
     for k, v in info.to_dict().items():
         if k != "capabilities":
-            t.add_row(k, str(v))
-    t.add_row("capabilities", ", ".join(k for k, v in info.capabilities.__dict__.items() if v)
-              or "none")
+            t.add_row(escape(k), escape(str(v)))
+    t.add_row("capabilities", escape(", ".join(k for k, v in info.capabilities.__dict__.items()
+                                               if v) or "none"))
     t.add_row("copy bandwidth", f"{ceil.copy_bytes_per_s / 1e9:,.1f} GB/s (read + write, measured)")
     t.add_row("matmul", f"{ceil.matmul_flops_per_s / 1e12:,.2f} TFLOP/s {ceil.matmul_dtype} "
                         f"(measured {ceil.measured_at})")
@@ -64,7 +73,13 @@ def hw_command(
 def list_targets(
     chapter: Optional[str] = typer.Option(None, "--chapter", help="Only this chapter (e.g. ch16)."),
 ) -> None:
-    """List the pairs (and their optimized variants) that `bench run` can take."""
+    """List the pairs that `bench run --targets` can take, one per line.
+
+    A pair is baseline_<name>.py with optimized_<name>.py in a chapter folder (ch16, ...). A
+    further optimized_<name>_<suffix>.py is a variant: another optimized implementation measured
+    against the same baseline, with a row of its own. A pair's variants, when it has any, are
+    listed after it.
+    """
     from aisp.harness.discovery import TargetError, chapters, discover_pairs
 
     try:
@@ -75,7 +90,7 @@ def list_targets(
                 extra = f"  (variants: {', '.join(variants)})" if variants else ""
                 console.print(f"{pair.target}{extra}", highlight=False)
     except TargetError as e:
-        console.print(f"[red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2)
 
 
@@ -136,13 +151,21 @@ def bench_run(
     update_expectations: bool = typer.Option(False, "--update-expectations",
                                              help="Rewrite expectations_<hw>.json from the "
                                                   "verified rows of this run."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Input seed (default: fresh, recorded)."),
-    cold_l2: bool = typer.Option(False, "--cold-l2", help="Flush the GPU L2 before every sample."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Input seed (default: a fresh one, "
+                                       "printed and recorded as seed_used in results.json)."),
+    cold_l2: bool = typer.Option(False, "--cold-l2", help="Flush the GPU L2 before every sample "
+                                 "(a GPU only: on the CPU it is reported as not applied)."),
     artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir",
                                        help="Where the run folder (results, report, profiles) goes."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression",
-                                            help="Exit 3 when a row regressed against expectations."),
+                                            help="Exit 3 when a row regressed against "
+                                                 "expectations (or is inconclusive: see below)."),
+    inconclusive_fails: bool = typer.Option(
+        True, "--inconclusive-fails/--inconclusive-passes",
+        help="With --fail-on-regression: whether a row whose own noise exceeds its expectation's "
+             "tolerance (verdict 'inconclusive') also exits 3. Default: it does; a gate that "
+             "could not tell has not passed."),
 ) -> None:
     """Run pairs: time both sides, verify outputs, compare with expectations, write artifacts."""
     from aisp.hardware import ceilings, detect
@@ -160,27 +183,33 @@ def bench_run(
         pairs = resolve_targets(targets)
         run_dir = run_dir_for(artifacts_dir, targets)
         options = RunOptions(profile=profile, iterations=iterations, warmup=warmup, seed=seed,
-                             cold_l2=cold_l2, artifacts_dir=run_dir)
+                             cold_l2=cold_l2, artifacts_dir=run_dir).seeded()
         # Both outputs are checked (and their folders made) now, not after the whole run.
         _prepare_output_dir(artifacts_dir, "--artifacts-dir")
         if json_path:
             _check_output_file(json_path, "--json")
     except (TargetError, ValueError) as e:
-        console.print(f"[red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2)
-    console.print(f"[bold]{info.name}[/] (key [cyan]{info.key}[/]); measuring ceilings if not "
-                  f"cached...", highlight=False)
+    console.print(f"[bold]{escape(info.name)}[/] (key [cyan]{escape(info.key)}[/]); measuring "
+                  f"ceilings if not cached...", highlight=False)
+    how = "drawn" if options.seed_drawn else "from --seed"
+    console.print(f"seed {options.seed} ({how}; rerun with --seed {options.seed})",
+                  highlight=False)
+    cold_applied, cold_reason = options.cold_l2_applied(info.device)
+    if cold_l2 and not cold_applied:
+        console.print(f"[yellow]warning:[/] --cold-l2 is not applied: {escape(cold_reason)} "
+                      f"(recorded as cold_l2_applied: false)", highlight=False)
     ceil = ceilings(info)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         try:
             rows = run_pairs(pairs, info, ceil, options, progress=_RichProgress(progress))
         except exp.ExpectationsError as e:
-            console.print(f"[red]error:[/] {e}")
+            _error(e)
             raise typer.Exit(2)
     prov = provenance(info)
     results = build_results(rows, info, ceil, options, prov, targets)
-    results["options"]["seed_used"] = seed
     paths = write_artifacts(results, run_dir)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -199,10 +228,13 @@ def bench_run(
                 shown.add(prof["notes"])
                 console.print(f"[dim]{escape(prof['notes'])}[/]")
     console.print(render_table(results))
-    for row in results["rows"]:
-        note = row["optimized"].get("details", {}).get("note")
-        if note:
-            console.print(f"[dim]{escape(row['key'])}: {escape(note)}[/]", highlight=False)
+    for row in rows:
+        for note in row.notes:
+            console.print(f"[dim]{escape(row.key)}: {escape(note)}[/]", highlight=False)
+    for row in rows:
+        if row.verdict.status in ("regressed", "inconclusive"):
+            console.print(f"[yellow]{escape(row.key)} {escape(row.verdict.label)}:[/] "
+                          f"{escape(row.verdict.message)}", highlight=False)
     for row in rows:
         if row.error:
             console.print(f"[red]{escape(row.key)}:[/] {escape(row.error)}", highlight=False)
@@ -226,8 +258,27 @@ def bench_run(
     console.print(f"results: {paths['results']}  report: {paths['report']}", highlight=False)
     if any(not r.verified or r.error for r in rows):
         raise typer.Exit(1)
-    if fail_on_regression and any(r.verdict.status == "regressed" for r in rows):
-        raise typer.Exit(3)
+    if fail_on_regression:
+        _exit_on_regression(rows, inconclusive_fails)
+
+
+def _exit_on_regression(rows: list, inconclusive_fails: bool) -> None:
+    """Exit 3 naming the rows that regressed, and the inconclusive ones unless they may pass."""
+    regressed = [r.key for r in rows if r.verdict.status == "regressed"]
+    inconclusive = [r.key for r in rows if r.verdict.status == "inconclusive"]
+    failing = regressed + (inconclusive if inconclusive_fails else [])
+    if inconclusive and not inconclusive_fails:
+        console.print(escape(f"inconclusive rows pass (--inconclusive-passes): "
+                             f"{', '.join(inconclusive)}"), highlight=False)
+    if not failing:
+        return
+    parts = [f"regressed: {', '.join(regressed)}"] if regressed else []
+    if inconclusive and inconclusive_fails:
+        parts.append(f"inconclusive: {', '.join(inconclusive)} (too noisy to tell; "
+                     f"--inconclusive-passes lets them pass)")
+    console.print(f"[bold red]--fail-on-regression:[/] {escape('; '.join(parts))}",
+                  highlight=False)
+    raise typer.Exit(3)
 
 
 model_app = typer.Typer(no_args_is_help=True, help="Synthetic models and model folders.")
@@ -244,7 +295,7 @@ def save_synthetic_command(
     from aisp.model.presets import PRESETS, save_synthetic
 
     if preset not in PRESETS:
-        console.print(f"[red]error:[/] unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
+        _error(f"unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
         raise typer.Exit(2)
     save_synthetic(preset, out_dir, seed=seed)
     files = ", ".join(sorted(p.name for p in out_dir.iterdir()))
@@ -312,7 +363,7 @@ def generate_command(
             num_prompts, input_len, engine.model_config.vocab_size, seed,
             avoid=engine.scheduler.eos_token_ids)
     except (ValueError, RuntimeError, OSError) as e:   # OSError: a model file missing or unreadable
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        _error(e)
         raise typer.Exit(2)
     console.print(escape(f"{model} on {engine.device} ({str(engine.dtype).replace('torch.', '')}),"
                          f" {engine.kv_cache!r}, max_model_len {engine.max_model_len:,}"
@@ -327,7 +378,7 @@ def generate_command(
                 prompts, params,
                 on_output=lambda o: progress.advance(task) if o.finished else None)
         except ValueError as e:
-            console.print(f"[red]error:[/] {escape(str(e))}")
+            _error(e)
             raise typer.Exit(2)
         wall = time.perf_counter() - t0
     summary = summarize(outputs, wall)
@@ -368,6 +419,32 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _with_default_targets(command: Callable[..., None], targets: str,
+                          what: str) -> Callable[..., None]:
+    """`command` with its --targets option defaulting to `targets`, so a script that supplies
+    its own targets has help that says so instead of '--targets [required]'."""
+    sig = inspect.signature(command)
+    option = typer.Option(targets, "--targets", help=f"What to run; the default is {what}. "
+                          f"Also takes ch16, ch16:flash_sdp or ch16:flash_sdp,paged_attention.")
+    params = [p.replace(default=option) if p.name == "targets" else p
+              for p in sig.parameters.values()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        command(**kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # what Typer builds the options from
+    return wrapper
+
+
+def script_main(targets: str, what: str, argv: list[str], prog_name: str, doc: str) -> None:
+    """`bench run` as a chapter script's own command: same flags, --targets defaulting to
+    `targets`, `doc` as its help."""
+    script = typer.Typer(add_completion=False)
+    script.command(help=doc)(_with_default_targets(bench_run, targets, what))
+    script(args=argv, prog_name=prog_name)
+
+
 def run_pair_main(pair_file: str, argv: list[str]) -> None:
     """`python ch16/optimized_X.py [bench run flags]`: run that one pair and print the
     comparison with its baseline, exactly as `aisp bench run --targets ch16:X` would."""
@@ -379,7 +456,10 @@ def run_pair_main(pair_file: str, argv: list[str]) -> None:
                  if p.name == name or path in p.optimized), None)
     if pair is None:
         raise SystemExit(f"{path.name} is not part of a baseline/optimized pair")
-    main(["bench", "run", "--targets", pair.target, *argv], prog_name=path.name)
+    doc = (f"Run the {pair.target} pair ({pair.baseline.name} against "
+           f"{', '.join(p.name for p in pair.optimized)}) and print the comparison, as "
+           f"`aisp bench run --targets {pair.target}` would.")
+    script_main(pair.target, "this file's pair", argv, path.name, doc)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "aisp") -> None:

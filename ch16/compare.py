@@ -9,12 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aisp.cli import main  # noqa: E402
+from aisp.cli import script_main  # noqa: E402
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-    targets = [] if any(a == "--targets" or a.startswith("--targets=") for a in args) \
-        else ["--targets", "ch16"]
-    main(["bench", "run", *targets, *args], prog_name="compare.py")
+    script_main("ch16", "every pair of the chapter", sys.argv[1:], "compare.py", __doc__)

@@ -64,3 +64,6 @@ def test_pair_verifies_on_this_machine():
         assert row.speedup > 0
         assert row.optimized.details["backend"]
         assert row.workload["num_q_heads"] == 32 and row.workload["head_dim"] == 128
+        # Every rotated input set was compared with the baseline, not only the first.
+        sets = row.optimized.details["input_sets"]
+        assert row.verification["checked_against_baseline"] == list(range(sets))

@@ -4,14 +4,16 @@ A target module exposes `get_benchmark()`, returning one `Benchmark` (or a list 
 workload size, each with a distinct `label`). The runner drives it as:
 
     setup()                      build inputs (seeded by the runner), load weights, autotune
-    out = run()                  first call: its output is the one verified against the pair
+    run() x input_sets           one output per distinct input set: the outputs verified
     run() x warmup, run() x N    timed; run() is the whole timed body and returns its output
+    run()                        one more, after timing: checked against the same set's output
     teardown()                   free everything
 
 Contract for `run()`: it must be deterministic given the seed set before `setup()`, and the
-first call after `setup()` must compute on the first input set, so that the baseline's and the
-optimized implementation's first outputs are comparable. Implementations may rotate through
-several input sets on later calls (so caches do not flatter repeated runs).
+k-th call after `setup()` must compute on input set k mod `config().input_sets` (a benchmark
+that rotates through several sets so caches do not flatter repeated runs declares how many).
+Both sides of a pair draw the same sets from the same seed, so the runner compares their
+outputs set by set, and knows which set any later call computed on.
 
 `reference()` is optional: when a float64 answer for the first input set is cheap, returning it
 lets the runner check both sides of a pair against exact math, not only against each other.
@@ -56,8 +58,15 @@ class BenchmarkConfig:
     # ‖out − ref‖/‖ref‖ allowed between the two sides of a pair and against float64
     tolerance: float | None = None
     notes: str = ""
+    # Distinct input sets run() rotates through (call k computes on set k mod input_sets).
+    input_sets: int = 1
+    # NaN/inf in the outputs are expected (e.g. fully masked rows); they must then match
+    # position for position. Off by default: a non-finite value is a failing output.
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
+        if self.input_sets < 1:
+            raise ValueError(f"input_sets must be >= 1, got {self.input_sets}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.warmup < 0:

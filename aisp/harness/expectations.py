@@ -11,9 +11,14 @@
          "workload": {...},           sizes and dtype: a different workload is not comparable
          "provenance": {...}}}}       date, git sha, device, driver, versions, command
 
-A verdict is 'regressed' or 'improved' only when the measured speed-up leaves a band as wide as
-the largest of: the entry's tolerance, twice the current run's noise, twice the recorded noise.
-One noisy sample cannot trip it, because speed-ups are ratios of medians of many samples.
+The run's noise on the speed-up is ±2 x `speedup_rel_noise` (half the p10–p90 widths of both
+sides, combined). When that is wider than the entry's tolerance the run cannot tell a change of
+the size the tolerance guards, so the verdict is 'inconclusive' — never 'ok' or 'improved' —
+unless the speed-up lies below even the noise band, which is a regression whatever the noise.
+(Widening the band by the run's noise instead once reached ±466% on a loaded machine, and a row
+that went from 0.34x to 19.67x was called 'improved'.) Otherwise the verdict is 'regressed' or
+'improved' when the measured speed-up leaves a band as wide as the larger of the tolerance and
+twice the recorded noise, and 'ok' inside it.
 Updating writes only rows that verified; a failed row keeps its old entry.
 """
 
@@ -35,15 +40,24 @@ class ExpectationsError(ValueError):
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str               # ok | improved | regressed | new | workload-changed | failed
+    # ok | improved | regressed | inconclusive | new | workload-changed | failed
+    status: str
     expected_speedup: float | None = None
     ratio: float | None = None  # measured / expected
     band: float | None = None
     message: str = ""
+    noise: float | None = None  # this run's noise band on the speed-up (2 x rel. noise)
+
+    @property
+    def label(self) -> str:
+        """The status as the table shows it; 'inconclusive' carries the noise that made it so."""
+        if self.status == "inconclusive" and self.noise is not None:
+            return f"inconclusive (noise ±{self.noise:.0%})"
+        return self.status
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(status=self.status, expected_speedup=self.expected_speedup,
-                    ratio=self.ratio, band=self.band, message=self.message)
+        return dict(status=self.status, label=self.label, expected_speedup=self.expected_speedup,
+                    ratio=self.ratio, band=self.band, noise=self.noise, message=self.message)
 
 
 def expectations_path(chapter_dir: Path, hardware_key: str) -> Path:
@@ -98,17 +112,31 @@ def judge(entry: dict[str, Any] | None, *, verified: bool, speedup: float | None
         return Verdict("workload-changed", expected_speedup=expected,
                        message="workload sizes differ from the recorded ones; rerun with "
                                "--update-expectations to record the new workload")
-    band = max(float(entry["tolerance"]), 2 * speedup_rel_noise,
-               2 * float(entry.get("speedup_rel_noise", 0.0)))
+    tolerance = float(entry["tolerance"])
+    recorded = 2 * float(entry.get("speedup_rel_noise", 0.0))
+    noise = 2 * speedup_rel_noise
     ratio = speedup / expected
+    measured = f"{speedup:.2f}x vs expected {expected:.2f}x"
+    if noise > tolerance:
+        band = max(noise, recorded)
+        if ratio < 1 - band:
+            return Verdict("regressed", expected_speedup=expected, ratio=ratio, band=band,
+                           noise=noise, message=f"{measured}: below even this run's noise band "
+                                                f"(±{band:.0%})")
+        return Verdict("inconclusive", expected_speedup=expected, ratio=ratio, band=band,
+                       noise=noise,
+                       message=f"{measured}, but this run's noise (±{noise:.0%}) exceeds the "
+                               f"tolerance (±{tolerance:.0%}), so it cannot tell; rerun on a "
+                               f"quieter machine or with more --iterations")
+    band = max(tolerance, recorded)
     if ratio < 1 - band:
         status = "regressed"
     elif ratio > 1 + band:
         status = "improved"
     else:
         status = "ok"
-    return Verdict(status, expected_speedup=expected, ratio=ratio, band=band,
-                   message=f"{speedup:.2f}x vs expected {expected:.2f}x (band ±{band:.0%})")
+    return Verdict(status, expected_speedup=expected, ratio=ratio, band=band, noise=noise,
+                   message=f"{measured} (band ±{band:.0%}, noise ±{noise:.0%})")
 
 
 def update(path: Path, hardware_key: str, rows: list[dict[str, Any]],

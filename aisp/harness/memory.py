@@ -5,7 +5,12 @@ a body creates: once warm, the cache serves them without cudaMalloc, so this is 
 shows churn), device allocations (cudaMalloc)
 and frees, allocation retries (the allocator had to free its cache and try again: the
 'page faults' of a paged-vs-contiguous comparison), and fragmentation = 1 - allocated/reserved.
-On the CPU the analogous signals are the process's page faults and its peak resident set.
+On the CPU the process's page faults and peak resident set are recorded too, but they rarely
+move: freed heap is reused without returning to the OS, so a body that allocates and frees a
+large workspace every run shows 0 transient bytes and 0 page faults once warm. What the CPU
+*can* show is the churn itself: `count_allocations` counts the allocations and bytes that go
+through torch's allocator during one run of the body (on the CPU from torch.profiler's memory
+events, on a GPU from the caching allocator's counters), the same quantity on both devices.
 
 `MemoryProbe` is entered around a region; `transient_peak_bytes` is the peak minus what was
 already allocated when the region began — the workspace the body itself needed (the S×S score
@@ -14,13 +19,16 @@ matrix of naive attention, say), independent of the inputs that were resident be
 
 from __future__ import annotations
 
+import json
 import re
 import resource
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class MemoryReport:
     fragmentation: float | None = None  # 1 - allocated/reserved at the region's peak state
     minor_page_faults: int | None = None
     major_page_faults: int | None = None
+    # One run of the body, outside the timed region (see count_allocations).
+    allocs_per_run: int | None = None
+    alloc_bytes_per_run: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,3 +120,41 @@ class MemoryProbe:
                 minor_page_faults=ru.ru_minflt - self._start_ru.ru_minflt,
                 major_page_faults=ru.ru_majflt - self._start_ru.ru_majflt,
             )
+
+
+@dataclass(frozen=True)
+class AllocationCount:
+    allocations: int      # allocation requests served by torch's allocator
+    bytes: int            # bytes those requests asked for (freed or not)
+
+
+def _cpu_allocations(fn: Callable[[], Any]) -> AllocationCount:
+    """Counts torch.profiler's CPU memory events with a positive size (frees are negative).
+
+    The events are read from the exported Chrome trace, the profiler's documented output; its
+    per-operator memory columns are net of frees and nest, so they cannot count allocations.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text()).get("traceEvents", [])
+    sizes = [e["args"].get("Bytes", 0) for e in events
+             if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]
+    positive = [b for b in sizes if b > 0]
+    return AllocationCount(len(positive), int(sum(positive)))
+
+
+def count_allocations(fn: Callable[[], Any], device: torch.device) -> AllocationCount:
+    """Allocations and bytes requested through torch's allocator during one call of `fn`."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        end = torch.cuda.memory_stats(device)
+        delta = lambda key: _cuda_stat(end, key) - _cuda_stat(start, key)  # noqa: E731
+        return AllocationCount(delta("allocation.all.allocated"),
+                               delta("allocated_bytes.all.allocated"))
+    return _cpu_allocations(fn)

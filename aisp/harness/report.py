@@ -21,7 +21,21 @@ from aisp.harness.runner import RowResult, RunOptions, SideResult
 
 RESULTS_SCHEMA = 1
 _VERDICT_STYLE = {"ok": "green", "improved": "cyan", "regressed": "bold red", "new": "yellow",
-                  "workload-changed": "yellow", "failed": "bold red"}
+                  "inconclusive": "yellow", "workload-changed": "yellow", "failed": "bold red"}
+
+
+def _options(rows: list[RowResult], info: HardwareInfo, options: RunOptions) -> dict[str, Any]:
+    """What the run was asked to do and what it did: the seed its inputs came from (drawn or
+    given) and whether --cold-l2 was carried out on this device."""
+    seeds = sorted({r.seed for r in rows if r.seed is not None})
+    seed_used = options.seed if options.seed is not None else (seeds[0] if seeds else None)
+    cold_applied, cold_reason = options.cold_l2_applied(info.device)
+    return {"profile": options.profile, "iterations": options.iterations,
+            "warmup": options.warmup,
+            "seed_requested": None if options.seed_drawn else options.seed,
+            "seed_used": seed_used, "seed_drawn": options.seed_drawn or options.seed is None,
+            "cold_l2_requested": options.cold_l2, "cold_l2_applied": cold_applied,
+            "cold_l2_reason": cold_reason}
 
 
 def build_results(rows: list[RowResult], info: HardwareInfo, ceil: Ceilings | None,
@@ -32,8 +46,7 @@ def build_results(rows: list[RowResult], info: HardwareInfo, ceil: Ceilings | No
         "provenance": provenance,
         "hardware": info.to_dict(),
         "ceilings": ceil.to_dict() if ceil else None,
-        "options": {"profile": options.profile, "iterations": options.iterations,
-                    "warmup": options.warmup, "seed": options.seed, "cold_l2": options.cold_l2},
+        "options": _options(rows, info, options),
         "rows": [r.to_dict() for r in rows],
     }
 
@@ -84,12 +97,29 @@ def _row_cells(row: dict[str, Any]) -> list[str]:
         verified = ("yes" if row["verified"] else "NO") + f" ({worst:.1e})"
     else:
         verified = "NO"
+    verdict = row["verdict"]
     return [row["key"], _ms(b), _ms(o), speed, rate, ceiling, verified,
-            row["verdict"]["status"]]
+            verdict.get("label", verdict["status"])]
 
 
 HEADERS = ["pair", "base ms", "opt ms", "speed-up", "throughput base -> opt", "% roofline",
            "verified (err)", "vs expected"]
+
+
+def _memory_text(mem: dict[str, Any]) -> str:
+    """A side's memory numbers as measured on its device: on the CPU the resident-set probe
+    rarely moves (freed heap is reused), so it is named for what it is, not 'transient peak'."""
+    if not mem:
+        return ""
+    allocs = ""
+    if mem.get("allocs_per_run") is not None:
+        allocs = (f", {mem['allocs_per_run']:,} allocations per run "
+                  f"({mem['alloc_bytes_per_run'] / 2**20:,.1f} MiB)")
+    if mem.get("device_type") == "cpu":
+        faults = (mem.get("minor_page_faults") or 0) + (mem.get("major_page_faults") or 0)
+        return (f"{allocs}, resident-set growth {mem['transient_peak_bytes'] / 2**20:,.1f} MiB, "
+                f"{faults:,} page faults")
+    return f", transient peak {mem['transient_peak_bytes'] / 2**20:,.1f} MiB{allocs}"
 
 
 def render_table(results: dict[str, Any]) -> Table:
@@ -118,6 +148,13 @@ def render_markdown(results: dict[str, Any]) -> str:
              f"- torch {prov['torch']}, triton {prov.get('triton')}, CUDA {prov.get('cuda')}, "
              f"python {prov.get('python')}", f"- git: `{prov['git_sha']}`",
              f"- command: `{prov['command']}`"]
+    opts = results.get("options") or {}
+    if "seed_used" in opts:
+        how = "drawn" if opts.get("seed_drawn") else "given"
+        lines.append(f"- seed: {opts['seed_used']} ({how}; rerun with `--seed {opts['seed_used']}`)")
+    if opts.get("cold_l2_requested"):
+        done = "applied" if opts.get("cold_l2_applied") else "NOT applied"
+        lines.append(f"- cold L2: requested, {done} ({opts.get('cold_l2_reason')})")
     if ceil:
         lines.append(f"- measured ceilings: copy {ceil['copy_bytes_per_s'] / 1e9:,.0f} GB/s "
                      f"(read + write), {ceil['matmul_dtype']} matmul "
@@ -136,7 +173,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             if t:
                 lines.append(f"- {role} `{side['module']}`: median {t['median_ms']:.4g} ms "
                              f"(p10 {t['p10_ms']:.4g}, p90 {t['p90_ms']:.4g}, n={len(t['samples_ms'])})"
-                             f", transient peak {mem.get('transient_peak_bytes', 0) / 2**20:,.1f} MiB")
+                             + _memory_text(mem))
             if side.get("details"):
                 lines.append(f"  - details: `{json.dumps(side['details'], default=str)}`")
             top = (side.get("profile") or {}).get("by_category")
@@ -145,10 +182,16 @@ def render_markdown(results: dict[str, Any]) -> str:
                 lines.append(f"  - time by category: {cats}")
             if side.get("error"):
                 lines.append(f"  - error: {side['error']}")
+        if (row.get("verification") or {}).get("summary"):
+            lines.append(f"- verified on: {row['verification']['summary']}")
         for c in row["comparisons"]:
             lines.append(f"- vs {c['against']}: rel error {float(c['rel_error']):.2e} "
                          f"(tolerance {c['tolerance']:.0e}) {'ok' if c['ok'] else 'FAILED'}")
-        lines.append(f"- expectation: {row['verdict']['status']} {row['verdict']['message']}")
+        verdict = row["verdict"]
+        lines.append(f"- expectation: {verdict.get('label', verdict['status'])}: "
+                     f"{verdict['message']}")
+        for note in row.get("notes") or []:
+            lines.append(f"- note: {note}")
         if row.get("error"):
             lines.append(f"- error: {row['error']}")
         lines.append("")

@@ -2,10 +2,12 @@
 
 For every pair and workload size (`label`):
 
-    baseline: setup -> first run (kept for verification) -> float64 reference if offered
-              -> warm-up -> timed runs under a MemoryProbe -> profile (optional) -> teardown
-    each optimized variant: the same, with the same seed, so its first input set is the
-              baseline's; then compared with the baseline's output and with float64.
+    baseline: setup -> one run per input set (kept for verification) -> float64 reference if
+              offered -> warm-up -> timed runs under a MemoryProbe -> one rerun checked against
+              its first output -> one run counting allocations -> profile (optional) -> teardown
+    each optimized variant: the same, with the same seed, so its input sets are the
+              baseline's; then compared set by set with the baseline's outputs and with float64
+              (aisp.harness.verification says what is sampled).
 
 A row is *verified* only when every comparison passed. Speed-up = baseline median / optimized
 median from this one run. A side that raises is recorded with its error and the run goes on
@@ -14,6 +16,7 @@ with the next pair: one broken target must not hide the others' results.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import secrets
@@ -26,12 +29,16 @@ import torch
 
 from aisp.hardware import Ceilings, HardwareInfo
 from aisp.harness import expectations as exp
-from aisp.harness.benchmark import Benchmark, Work, optional_details, optional_reference
+from aisp.harness.benchmark import (Benchmark, BenchmarkConfig, Work, optional_details,
+                                    optional_reference)
 from aisp.harness.discovery import Pair, load_benchmarks
-from aisp.harness.memory import MemoryProbe, MemoryReport
+from aisp.harness.memory import MemoryProbe, MemoryReport, count_allocations
+from aisp.harness.notes import row_notes
 from aisp.harness.profiling import PROFILE_MODES, profile_benchmark
 from aisp.harness.timing import L2Flusher, TimingStats, time_callable
-from aisp.harness.verify import Comparison, compare, tolerance_for
+from aisp.harness.verification import (CountingRun, SideOutputs, check_rerun, collect_per_set,
+                                       describe_sample, to_host, verify_outputs)
+from aisp.harness.verify import Comparison, tolerance_for
 
 
 @dataclass(frozen=True)
@@ -39,9 +46,10 @@ class RunOptions:
     profile: str = "none"
     iterations: int | None = None     # None: each benchmark's own config()
     warmup: int | None = None
-    seed: int | None = None           # None: a fresh random seed, recorded in the results
-    cold_l2: bool = False
+    seed: int | None = None           # None: a fresh random seed; see seeded()
+    cold_l2: bool = False             # requested; see cold_l2_applied()
     artifacts_dir: Path | None = None
+    seed_drawn: bool = False          # True when seeded() drew `seed` (no --seed given)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILE_MODES:
@@ -51,6 +59,22 @@ class RunOptions:
             raise ValueError(f"--iterations must be >= 1, got {self.iterations}")
         if self.warmup is not None and self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+
+    def seeded(self) -> "RunOptions":
+        """These options with the seed fixed: the one given, or a fresh draw. `run_pairs` runs
+        only on seeded options, so the seed recorded with a run is always the one its inputs
+        came from, and a failing run can be repeated with --seed."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbits(31), seed_drawn=True)
+
+    def cold_l2_applied(self, device: torch.device) -> tuple[bool, str]:
+        """Whether --cold-l2 is carried out on `device`, and why not when it is not."""
+        if not self.cold_l2:
+            return False, "not requested"
+        if device.type != "cuda":
+            return False, f"no GPU L2 to flush on the {device.type}; samples ran warm"
+        return True, "L2 flushed before every sample"
 
 
 class ProgressHook(Protocol):
@@ -102,6 +126,9 @@ class RowResult:
     speedup_rel_noise: float = 0.0
     verdict: exp.Verdict = field(default_factory=lambda: exp.Verdict("failed"))
     error: str | None = None
+    seed: int | None = None          # the seed both sides' inputs were drawn from
+    verification: dict[str, Any] = field(default_factory=dict)  # what was compared
+    notes: list[str] = field(default_factory=list)  # derived from the measured numbers
 
     def metrics(self) -> dict[str, Any]:
         """The numbers stored in an expectations entry."""
@@ -112,6 +139,9 @@ class RowResult:
             m.update({f"{role}_{k}": round(v, 6) for k, v in side.rates.items()})
             if side.memory:
                 m[f"{role}_transient_peak_bytes"] = side.memory.transient_peak_bytes
+                if side.memory.allocs_per_run is not None:
+                    m[f"{role}_allocs_per_run"] = side.memory.allocs_per_run
+                    m[f"{role}_alloc_bytes_per_run"] = side.memory.alloc_bytes_per_run
         return m
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +151,8 @@ class RowResult:
                 "comparisons": [c.to_dict() for c in self.comparisons],
                 "verified": self.verified, "speedup": self.speedup,
                 "speedup_rel_noise": self.speedup_rel_noise,
-                "verdict": self.verdict.to_dict(), "metrics": self.metrics(), "error": self.error}
+                "verdict": self.verdict.to_dict(), "metrics": self.metrics(), "error": self.error,
+                "seed": self.seed, "verification": self.verification, "notes": self.notes}
 
 
 def rates_for(work: Work, median_ms: float, ceil: Ceilings | None) -> dict[str, float]:
@@ -154,18 +185,6 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
-def _to_host(x: Any) -> Any:
-    """Kept outputs go to host memory: a live tensor inside a large cached GPU segment would
-    pin the whole segment and distort the next side's reserved memory and fragmentation."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, dict):
-        return {k: _to_host(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_host(v) for v in x)
-    return x
-
-
 def _free_device_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -176,13 +195,12 @@ def _free_device_memory(device: torch.device) -> None:
 @dataclass
 class _Measured:
     side: SideResult
-    first_output: Any = None
-    reference: Any = None
+    outputs: SideOutputs = field(default_factory=SideOutputs)
 
 
 def measure_side(bench: Benchmark, module: str, *, seed: int, options: RunOptions,
                  info: HardwareInfo, ceil: Ceilings | None, want_reference: bool,
-                 target: str, row_key: str, progress: ProgressHook) -> _Measured:
+                 target: str, row_key: str, progress: ProgressHook, role: str) -> _Measured:
     side = SideResult(module=module)
     out = _Measured(side)
     device = info.device
@@ -194,28 +212,29 @@ def measure_side(bench: Benchmark, module: str, *, seed: int, options: RunOption
         warmup = cfg.warmup if options.warmup is None else options.warmup
         bench.setup()
         try:
-            first = bench.run()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            out.first_output = _to_host(first)
-            del first
+            run = CountingRun(bench.run, cfg.input_sets)
+            out.outputs = SideOutputs(cfg.input_sets, collect_per_set(run, device))
             if want_reference:
-                out.reference = _to_host(optional_reference(bench))
+                out.outputs.reference = to_host(optional_reference(bench))
             for _ in range(warmup):
-                bench.run()
+                run()
             # Drop what setup and autotuning cached, then let one run re-reserve only what the
             # body needs: reserved memory and fragmentation then describe the steady state.
             _free_device_memory(device)
-            bench.run()
+            run()
             flusher = L2Flusher(device, info.l2_cache_bytes) \
-                if options.cold_l2 and device.type == "cuda" else None
+                if options.cold_l2_applied(device)[0] else None
             progress.side_started(f"{row_key} {module}", iterations)
             with MemoryProbe(device) as probe:
-                side.timing = time_callable(bench.run, iterations=iterations, warmup=0,
+                side.timing = time_callable(run, iterations=iterations, warmup=0,
                                             device=device, before_each=flusher,
                                             on_sample=lambda _i: progress.sample_done())
             progress.side_finished()
-            side.memory = probe.report
+            check_rerun(run, out.outputs, cfg.tolerance or tolerance_for(cfg.dtype),
+                        cfg.allow_nonfinite, role)
+            allocs = count_allocations(run, device)
+            side.memory = dataclasses.replace(probe.report, allocs_per_run=allocs.allocations,
+                                              alloc_bytes_per_run=allocs.bytes)
             side.work = bench.work()
             side.rates = rates_for(side.work, side.timing.median_ms, ceil)
             side.details = optional_details(bench)
@@ -238,16 +257,17 @@ def _row_key(pair: Pair, variant: str, label: str) -> str:
     return variant + (f"[{label}]" if label else "")
 
 
-def _verify(row: RowResult, base: _Measured, opt: _Measured, cfg_tolerance: float | None) -> None:
-    tol_pair = cfg_tolerance or max(tolerance_for(row.baseline.dtype),
-                                     tolerance_for(row.optimized.dtype))
-    row.comparisons.append(compare(opt.first_output, base.first_output, tol_pair, "baseline"))
-    if base.reference is not None:
-        for name, m in (("baseline", base), ("optimized", opt)):
-            tol = cfg_tolerance or tolerance_for(getattr(row, name).dtype)
-            c = compare(m.first_output, base.reference, tol, "float64")
-            row.comparisons.append(Comparison(c.ok, c.rel_error, c.tolerance,
-                                              f"float64 ({name})", c.message))
+def _verify(row: RowResult, base: _Measured, opt: _Measured, base_cfg: BenchmarkConfig,
+            opt_cfg: BenchmarkConfig) -> None:
+    # NaN/inf pass only when the workload declares them on both sides (it is one workload).
+    allow = base_cfg.allow_nonfinite and opt_cfg.allow_nonfinite
+    tol = opt_cfg.tolerance
+    row.comparisons = verify_outputs(
+        base.outputs, opt.outputs,
+        tol_pair=tol or max(tolerance_for(row.baseline.dtype), tolerance_for(row.optimized.dtype)),
+        tol_base=tol or tolerance_for(row.baseline.dtype),
+        tol_opt=tol or tolerance_for(row.optimized.dtype), allow_nonfinite=allow)
+    row.verification = describe_sample(base.outputs, opt.outputs)
     row.verified = all(c.ok for c in row.comparisons)
     if not row.verified:
         row.error = "; ".join(f"vs {c.against}: {c.message}" for c in row.comparisons if not c.ok)
@@ -258,7 +278,8 @@ def run_pairs(pairs: list[Pair], info: HardwareInfo, ceil: Ceilings | None,
               root: Path | None = None) -> list[RowResult]:
     """Measure every pair (each workload size, each optimized variant) and judge the rows."""
     progress = progress or _NoProgress()
-    seed = options.seed if options.seed is not None else secrets.randbits(31)
+    options = options.seeded()
+    seed = options.seed
     rows: list[RowResult] = []
     for pair in pairs:
         chapter_dir = (root or pair.baseline.parent.parent) / pair.chapter
@@ -274,13 +295,14 @@ def run_pairs(pairs: list[Pair], info: HardwareInfo, ceil: Ceilings | None,
             rows.append(RowResult(key=pair.name, target=pair.target, chapter=pair.chapter,
                                   label="", workload={}, baseline=SideResult(pair.baseline.stem,
                                   error=err), optimized=SideResult(pair.optimized[0].stem),
-                                  error=f"could not load the pair: {err}"))
+                                  error=f"could not load the pair: {err}", seed=seed))
             continue
         for base_bench in baselines:
             label = getattr(base_bench, "label", "") or ""
             base = measure_side(base_bench, pair.baseline.stem, seed=seed, options=options,
                                 info=info, ceil=ceil, want_reference=True, target=pair.target,
-                                row_key=_row_key(pair, pair.name, label), progress=progress)
+                                row_key=_row_key(pair, pair.name, label), progress=progress,
+                                role="baseline")
             workload = dict(base_bench.config().sizes, dtype=base_bench.config().dtype)
             for opt_path, opt_benches in variants:
                 variant = pair.variant_name(opt_path)
@@ -288,19 +310,20 @@ def run_pairs(pairs: list[Pair], info: HardwareInfo, ceil: Ceilings | None,
                 match = [b for b in opt_benches if (getattr(b, "label", "") or "") == label]
                 row = RowResult(key=key, target=pair.target, chapter=pair.chapter, label=label,
                                 workload=workload, baseline=base.side,
-                                optimized=SideResult(opt_path.stem))
+                                optimized=SideResult(opt_path.stem), seed=seed)
                 rows.append(row)
                 if not match:
                     row.error = f"{opt_path.name} has no workload labelled '{label}'"
                     continue
                 opt = measure_side(match[0], opt_path.stem, seed=seed, options=options,
                                    info=info, ceil=ceil, want_reference=False,
-                                   target=pair.target, row_key=key, progress=progress)
+                                   target=pair.target, row_key=key, progress=progress,
+                                   role="optimized")
                 row.optimized = opt.side
                 if base.side.error or opt.side.error:
                     row.error = base.side.error or opt.side.error
                 else:
-                    _verify(row, base, opt, match[0].config().tolerance)
+                    _verify(row, base, opt, base_bench.config(), match[0].config())
                     b, o = base.side.timing, opt.side.timing
                     row.speedup = b.median_ms / o.median_ms
                     row.speedup_rel_noise = math.hypot(b.rel_spread, o.rel_spread)
@@ -308,6 +331,7 @@ def run_pairs(pairs: list[Pair], info: HardwareInfo, ceil: Ceilings | None,
                                         speedup=row.speedup,
                                         speedup_rel_noise=row.speedup_rel_noise,
                                         workload=workload)
+                row.notes = row_notes(row)
                 del opt
                 _free_device_memory(info.device)
             del base

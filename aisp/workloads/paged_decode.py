@@ -14,8 +14,9 @@ The two providers differ only in where the history lives:
 
 Both start each run from the same initial histories (the paged pool is simply overwritten past
 the initial lengths), so runs are independent and the first run of each is comparable.
-`details()` reports KV bytes used vs reserved (waste) for each; the allocator events and page
-faults come from the harness's memory probe around the timed runs.
+`details()` reports KV bytes used vs reserved (waste) for each and the KV allocations each
+design makes per run by construction; what the allocator actually served (every allocation of
+the body, not only the KV's), transient memory and page faults are measured by the harness.
 """
 
 from __future__ import annotations
@@ -103,11 +104,11 @@ class ContiguousKV:
         s = self.shape
         tokens = sum(self.inp.context_lens) + s.batch * s.steps
         used = tokens * 2 * s.num_kv_heads * s.head_dim * self.inp.q.element_size()
-        # Exact-size tensors hold no slack; the cost is the churn (a new allocation and a full
-        # copy per sequence per step) that the allocator events and page faults show.
+        # Exact-size tensors hold no slack; the cost is the churn: a new K and V tensor (and a
+        # full copy of the history) per sequence per step, counted here by construction.
         return {"kv_layout": "contiguous per sequence, torch.cat each step",
                 "kv_bytes_used": used, "kv_bytes_reserved": used, "kv_waste_pct": 0.0,
-                "allocations_per_run": 2 * s.batch * s.steps}
+                "kv_allocations_per_run": 2 * s.batch * s.steps}
 
     def release(self) -> None:
         self.k0 = self.v0 = self.inp = None
@@ -185,11 +186,10 @@ class PagedKV:
                                                          "needs CUDA)",
                 "kv_bytes_used": tokens * per_token, "kv_bytes_reserved": reserved,
                 "kv_waste_pct": 100.0 * (1 - tokens * per_token / reserved),
-                "allocations_per_run": 0,
+                "kv_allocations_per_run": 0,
                 **({} if self.triton else {"note": (
-                    "without CUDA the paged side runs the torch twins, which gather blocks per "
-                    "step: this row shows the allocator behaviour (page faults, transient memory),"
-                    " not the paged kernel's speed")})}
+                    "without CUDA the paged side runs the torch twins, which gather each "
+                    "sequence's blocks every step: this row does not time the paged kernel")})}
 
     def release(self) -> None:
         self.k_cache = self.v_cache = self.block_tables = self.inp = None

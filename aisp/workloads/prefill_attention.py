@@ -82,7 +82,8 @@ class PrefillAttentionBenchmark:
 
     def config(self) -> BenchmarkConfig:
         return BenchmarkConfig(iterations=self._iterations, warmup=self._warmup,
-                               sizes=asdict(self.shape), dtype=str(self.dtype).replace("torch.", ""))
+                               sizes=asdict(self.shape), dtype=str(self.dtype).replace("torch.", ""),
+                               input_sets=self._num_input_sets())
 
     def work(self) -> Work:
         return attention_work(self.shape, torch.empty((), dtype=self.dtype).element_size())

@@ -28,8 +28,13 @@ def test_round_trip_and_verdicts(tmp_path):
     assert verdict(4.1) == "ok"
     assert verdict(3.0) == "regressed"
     assert verdict(5.0) == "improved"
-    # A noisy run widens the band: 3.0 is within 2 x 15% noise of 4.0.
-    assert verdict(3.0, noise=0.15) == "ok"
+    # A run noisier than the tolerance cannot say ok: 3.0 vs 4.0 inside ±30% noise is unknown.
+    assert verdict(3.0, noise=0.15) == "inconclusive"
+    assert verdict(4.0, noise=0.15) == "inconclusive"
+    # ...but a speed-up below even the noise band is a regression whatever the noise.
+    assert verdict(1.0, noise=0.15) == "regressed"
+    # Noise exactly at the tolerance (2 x 5% = 10%) still decides.
+    assert verdict(4.1, noise=0.05) == "ok"
     assert verdict(4.0, workload={"n": 128, "dtype": "float32"}) == "workload-changed"
     assert exp.judge(None, verified=True, speedup=2.0, speedup_rel_noise=0,
                      workload=WORKLOAD).status == "new"
@@ -78,3 +83,17 @@ def test_corrupt_files_name_the_file_and_problem(tmp_path, content, message):
 
 def test_missing_file_is_empty(tmp_path):
     assert exp.load(tmp_path / "nope.json", "cpu")["pairs"] == {}
+
+
+def test_a_run_too_noisy_to_tell_is_inconclusive_and_says_why():
+    # The loaded-machine run of issue 8: 0.34x recorded, 19.67x measured with ±466% noise was
+    # called "improved" because the band had been widened to the noise.
+    entry = {"speedup": 0.34, "tolerance": 0.1, "speedup_rel_noise": 0.03, "workload": WORKLOAD}
+    v = exp.judge(entry, verified=True, speedup=19.67, speedup_rel_noise=2.33, workload=WORKLOAD)
+    assert v.status == "inconclusive"
+    assert v.label == "inconclusive (noise ±466%)"
+    assert "±466%" in v.message and "exceeds the tolerance (±10%)" in v.message
+    assert v.to_dict()["label"] == v.label and v.to_dict()["noise"] == pytest.approx(4.66)
+    # The same speed-up from a quiet run is a real improvement.
+    assert exp.judge(entry, verified=True, speedup=19.67, speedup_rel_noise=0.01,
+                     workload=WORKLOAD).status == "improved"
