@@ -163,7 +163,7 @@ def test_cuda_graphs_and_triton_match_hf(checkpoint):
     family, folder, model = checkpoint
     ps = prompts(5, (100, 19, 57, 3))
     eng = engine(folder, device="cuda", attention_kernels="triton", decode_graphs="cuda",
-                 max_num_batched_tokens=32, max_num_seqs=4, block_size=16)
+                 max_num_batched_tokens=32, max_num_seqs=4, block_size=16, num_kv_blocks=64)
     assert eng.runner.decode_graphs is not None and eng.runner.decode_graphs.captured
     outs = eng.generate(ps, GREEDY)
     for p, out in zip(ps, outs):
