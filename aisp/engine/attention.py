@@ -11,6 +11,11 @@ Contract (implements `aisp.model.attention_backend.AttentionBackend`):
   (one flat slot per input token), then attends: decode queries through the paged decode kernel
   (K/V read in place, block by block), prefill queries against their whole cached sequence
   (prefix + the chunk just written) with a bottom-right causal mask.
+- A windowed layer (the model passes its `sliding_window`) masks keys older than the window in
+  both kernels, which skip the KV blocks wholly before it. The blocks stay allocated: nothing
+  frees a request's blocks that fell out of the window (every layer would have to be windowed,
+  and the prefix cache and preemption would have to know), so a windowed model holds its
+  whole context's KV like any other; the window saves reads, not memory.
 - `AttentionMetadata` is built once per step (plan once, run per layer: STYLE.md #5); the
   backend keeps no other state, so one model serves any number of engines.
 - `kernels="triton"` uses the Triton kernels (CUDA, or the interpreter in tests); `"torch"`
@@ -59,23 +64,24 @@ class PagedAttention:
         self._prefill = paged_prefill_attention if triton else paged_prefill_attention_ref
 
     def forward(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor,
-                v: torch.Tensor) -> torch.Tensor:
+                v: torch.Tensor, sliding_window: int | None = None) -> torch.Tensor:
         k_cache, v_cache = self.kv_cache.layer(layer_idx)
         m = self.meta
         self._store(k, v, k_cache, v_cache, m.slot_mapping)
         scale = q.shape[-1] ** -0.5
         nd = m.num_decode_tokens
+        window = dict(sliding_window=sliding_window)
         if m.num_prefills == 0:
             return self._decode(q, k_cache, v_cache, m.decode_block_tables,
-                                m.decode_context_lens, scale)
+                                m.decode_context_lens, scale, **window)
         if nd == 0:
             return self._prefill(q, k_cache, v_cache, m.prefill_block_tables,
                                  m.prefill_query_start_loc, m.prefill_seq_lens, scale,
-                                 m.prefill_max_query_len)
+                                 m.prefill_max_query_len, **window)
         out = torch.empty_like(q)
         out[:nd] = self._decode(q[:nd], k_cache, v_cache, m.decode_block_tables,
-                                m.decode_context_lens, scale)
+                                m.decode_context_lens, scale, **window)
         out[nd:] = self._prefill(q[nd:], k_cache, v_cache, m.prefill_block_tables,
                                  m.prefill_query_start_loc, m.prefill_seq_lens, scale,
-                                 m.prefill_max_query_len)
+                                 m.prefill_max_query_len, **window)
         return out

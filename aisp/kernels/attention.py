@@ -45,12 +45,18 @@ def _check_gqa(q: torch.Tensor, k: torch.Tensor) -> int:
 
 
 def reference_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               scale: float) -> torch.Tensor:
-    """Exact causal GQA attention in float64, one (batch, kv head) group at a time."""
+                               scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    """Exact causal GQA attention in float64, one (batch, kv head) group at a time.
+
+    `sliding_window` w also hides keys at positions <= the query's - w (a query sees w keys,
+    itself included: transformers' `kv_idx > q_idx - sliding_window`). This is the plain-math
+    reference the paged kernels' windowed twins are checked against."""
     group = _check_gqa(q, k)
     b, hq, s, d = q.shape
     out = torch.empty(b, hq, s, d, dtype=torch.float64, device=q.device)
     mask = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
+    if sliding_window is not None:
+        mask |= torch.ones(s, s, dtype=torch.bool, device=q.device).tril(-sliding_window)
     for bi in range(b):
         for h in range(k.shape[1]):
             qs = q[bi, h * group:(h + 1) * group].double()           # [group, S, D]

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["store_kv", "store_kv_ref"]
+__all__ = ["store_kv", "store_kv_ref", "check_sliding_window"]
 
 
 @triton.jit
@@ -103,6 +103,16 @@ def require_triton_device(t: torch.Tensor, ref_name: str) -> None:
         f"this Triton kernel needs a CUDA tensor (got device '{t.device}'); on the CPU set "
         f"TRITON_INTERPRET=1 before importing aisp.kernels (slow, for tests) or call {ref_name} instead"
     )
+
+
+def check_sliding_window(sliding_window: int | None) -> int:
+    """An attention window as the paged kernels take it: a positive int of tokens, or 0 for
+    none (None -> 0). Shared by the decode and prefill kernels and their twins."""
+    if sliding_window is None:
+        return 0
+    if isinstance(sliding_window, bool) or not isinstance(sliding_window, int) or sliding_window < 1:
+        raise ValueError(f"sliding_window must be a positive int (tokens) or None; got {sliding_window!r}")
+    return sliding_window
 
 
 def store_kv(

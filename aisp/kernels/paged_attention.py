@@ -2,7 +2,7 @@
 
 Contract:
     paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale,
-                           out=None, num_splits=None, workspace=None) -> out
+                           out=None, num_splits=None, workspace=None, sliding_window=None) -> out
       q             [num_seqs, num_q_heads, head_dim]   one query token per sequence
       k_cache,
       v_cache       [num_blocks, block_size, num_kv_heads, head_dim], same dtype as q
@@ -12,6 +12,12 @@ Contract:
                     (0 is allowed for padding rows of a graph batch and yields zeros). Must be
                     <= max_blocks_per_seq * block_size: not checked, that would need a host sync
       out           [num_seqs, num_q_heads, head_dim] in q's dtype; every element is written
+      sliding_window None (or 0): full causal attention. A positive int w: the query (at position
+                    context_len - 1) sees only the last w keys, positions context_len - w ..
+                    context_len - 1 (transformers' `kv_idx > q_idx - sliding_window`). The
+                    kernel's key loop starts at the window, so the blocks before it are never
+                    read (their block-table entries may be stale); w is a compile-time constant
+                    (one variant per model window), and None compiles the unwindowed loop.
 
     Kernel shape: one program per (sequence, kv head, split) handles the whole GQA group of q
     heads, so each K/V tile is read once per group and fed to tensor cores (the group is padded to
@@ -20,10 +26,12 @@ Contract:
     read in place and block_size is independent of the tile size. Softmax is online (running
     max / sum in fp32, exp2 domain); accumulation is fp32 for every input dtype.
 
-    Split-K (flash-decoding): with num_splits > 1 each sequence's context is cut into num_splits
-    TILE_N-aligned partitions computed in parallel; each writes a partial (max, sum, acc) into a
-    float32 workspace and a second kernel merges them. num_splits=None picks it from occupancy
-    (num_seqs * num_kv_heads vs SM count) and the block table's capacity; see choose_num_splits.
+    Split-K (flash-decoding): with num_splits > 1 each sequence's attended span (the whole
+    context, or its window) is cut into num_splits partitions of whole TILE_N tiles computed in
+    parallel; each writes a partial (max, sum, acc) into a float32 workspace and a second kernel
+    merges them. num_splits=None picks it from occupancy
+    (num_seqs * num_kv_heads vs SM count) and the block table's capacity (or the window, if
+    smaller); see choose_num_splits.
 
     Graph safety: no .item(), no host syncs; with out and workspace given nothing is allocated.
     Size the workspace once with alloc_decode_workspace (or decode_workspace_numel) for the
@@ -41,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from aisp.kernels.kv_cache_ops import require_triton_device
+from aisp.kernels.kv_cache_ops import check_sliding_window, require_triton_device
 
 __all__ = [
     "paged_decode_attention",
@@ -71,7 +79,7 @@ def _decode_kernel(
     stride_o_seq, stride_o_head, stride_o_dim,
     GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, IS_SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr,
 ):
     """One (sequence, kv head, split): online softmax over that split's tokens for the q group."""
     seq = tl.program_id(0)
@@ -79,9 +87,17 @@ def _decode_kernel(
     split = tl.program_id(2)
     context_len = tl.load(context_lens_ptr + seq)
 
-    # TILE_N-aligned partition of [0, context_len); trailing splits of short contexts are empty.
-    tokens_per_split = tl.cdiv(tl.cdiv(context_len, num_splits), TILE_N) * TILE_N
-    lo = split * tokens_per_split
+    # Keys attended: [first, context_len). With a window only the last WINDOW of them, so the
+    # loop below never visits (nor reads the block-table entries of) the blocks before it:
+    #   keys:  0 ......... first ........ context_len - 1 (the query's own position)
+    #          skipped     |<-- WINDOW -->|
+    first = 0
+    if WINDOW > 0:
+        first = tl.maximum(context_len - WINDOW, 0)
+    # Partition of [first, context_len) in TILE_N multiples; trailing splits of short spans are
+    # empty. Every tile starts inside the span, so it holds at least one valid token.
+    tokens_per_split = tl.cdiv(tl.cdiv(context_len - first, num_splits), TILE_N) * TILE_N
+    lo = first + split * tokens_per_split
     hi = tl.minimum(lo + tokens_per_split, context_len)
 
     g = tl.arange(0, GROUP_P2)
@@ -258,9 +274,11 @@ def paged_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     context_lens: torch.Tensor, scale: float, out: torch.Tensor | None = None,
     num_splits: int | None = None, workspace: torch.Tensor | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Single-token decode attention reading K/V blocks in place (Triton; graph-safe)."""
     _check_decode_args(q, k_cache, v_cache, block_tables, context_lens)
+    window = check_sliding_window(sliding_window)
     require_triton_device(q, "aisp.kernels.paged_attention.paged_decode_attention_ref")
     num_seqs, num_q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -281,7 +299,10 @@ def paged_decode_attention(
 
     per_split = decode_workspace_numel(num_seqs, num_q_heads, head_dim, 1)
     if num_splits is None:
-        num_splits = choose_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * block_size, q.device)
+        span = block_tables.shape[1] * block_size  # host sizes only: the same at capture and replay
+        if window:
+            span = min(span, window)
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, span, q.device)
         if workspace is not None:  # never exceed the caller's buffer: fewer splits beat an error
             num_splits = max(1, min(num_splits, workspace.numel() // per_split))
     if num_splits < 1:
@@ -291,7 +312,7 @@ def paged_decode_attention(
     common = dict(
         GROUP=group, GROUP_P2=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, TILE_N=_tile_n(q.device), IS_SPLIT=num_splits > 1,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WINDOW=window,
         num_warps=4, num_stages=2,
     )
     strides = (*q.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride())
@@ -329,10 +350,12 @@ def paged_decode_attention(
 
 def paged_decode_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-    context_lens: torch.Tensor, scale: float,
+    context_lens: torch.Tensor, scale: float, sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Obvious twin: gather each sequence's blocks, float32 softmax attention, cast back to q's dtype."""
+    """Obvious twin: gather each sequence's blocks, float32 softmax attention, cast back to q's
+    dtype. With a window w, the keys are positions n - w .. n - 1 (an explicit mask)."""
     _check_decode_args(q, k_cache, v_cache, block_tables, context_lens)
+    window = check_sliding_window(sliding_window)
     num_seqs, num_q_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_q_heads // num_kv_heads
@@ -344,5 +367,8 @@ def paged_decode_attention_ref(
         k = k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:n].float().repeat_interleave(group, dim=1)
         v = v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:n].float().repeat_interleave(group, dim=1)
         scores = torch.einsum("hd,nhd->hn", q[i].float(), k) * scale
+        if window:
+            k_pos = torch.arange(n, device=q.device)
+            scores = scores.masked_fill(k_pos[None, :] <= (n - 1) - window, float("-inf"))
         out[i] = torch.einsum("hn,nhd->hd", scores.softmax(dim=-1), v)
     return out.to(q.dtype)

@@ -2,7 +2,7 @@
 
 Contract:
     paged_prefill_attention(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
-                            max_query_len, out=None) -> out
+                            max_query_len, out=None, sliding_window=None) -> out
       q                [num_tokens, num_q_heads, head_dim]: the NEW tokens of several sequences,
                        packed; sequence i owns rows query_start_loc[i] : query_start_loc[i+1].
                        Any token/head strides (e.g. a slice of a fused qkv projection)
@@ -15,6 +15,10 @@ Contract:
       max_query_len    HOST int >= every sequence's new-token count; sizes the grid only
       out              [num_tokens, num_q_heads, head_dim] in q's dtype; every element is
                        written, rows past query_start_loc[-1] (batch padding) with zeros
+      sliding_window   None (or 0): full causal. A positive int w: the token at position p
+                       sees keys p - w < j <= p only (transformers' sliding-window mask,
+                       `kv_idx > q_idx - sliding_window`); a compile-time constant, and None
+                       compiles the unwindowed kernel.
 
     Causality is bottom-right aligned: with q_len new tokens and seq_len cached ones, new token j
     sits at position seq_len - q_len + j and sees keys 0 .. that position:
@@ -24,6 +28,15 @@ Contract:
         token 1:  x x x x x x x .        at position 6
         token 2:  x x x x x x x x        at position 7
 
+    With a window w = 3 the same chunk sees only the last 3 keys up to its own position, and
+    key tiles wholly before the window of a program's first query are never visited (nor their
+    block-table entries read):
+
+        keys:     0 1 2 3 4 5 6 7
+        token 0:  . . . x x x . .        at position 5: keys 3 4 5
+        token 1:  . . . . x x x .
+        token 2:  . . . . . x x x
+
     Not checked, since that would need a host sync (paged_prefill_attention_ref checks them):
     q_len <= seq_len, seq_len <= max_blocks_per_seq * block_size, max_query_len >= every q_len
     (a longer sequence would get rows silently left unwritten).
@@ -31,7 +44,8 @@ Contract:
     Kernel shape: one launch, grid (num_seqs + 1, q tiles, num_kv_heads). A program takes a tile
     of new tokens of one sequence for the whole GQA group of its kv head, folded token-major into
     the rows of one tl.dot (row r = token r // group, q head r % group), so each K/V tile is read
-    once per group. It walks key tiles of TILE_N tokens from 0 to its last query's position, each
+    once per group. It walks key tiles of TILE_N tokens from 0 (with a window: from the tile
+    holding its first query's first key) to its last query's position, each
     key's physical block taken from the block table; online softmax in fp32 (exp2 domain), fp32
     accumulation, the causal mask applied only on tiles that reach the diagonal. Programs whose
     tile lies past their sequence's q_len exit at once. The extra sequence index num_seqs zeroes
@@ -53,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from aisp.kernels.kv_cache_ops import require_triton_device
+from aisp.kernels.kv_cache_ops import check_sliding_window, require_triton_device
 
 __all__ = ["paged_prefill_attention", "paged_prefill_attention_ref"]
 
@@ -63,18 +77,23 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
 def _attend_key_tile(
-    acc, m_i, l_i, q, q_pos, start, kv_end, bt_row, k_head, v_head, qk_scale,
+    acc, m_i, l_i, q, q_pos, start, kv_start, kv_end, bt_row, k_head, v_head, qk_scale,
     stride_bt_blk, stride_kc_block, stride_kc_off, stride_kc_dim,
     stride_vc_block, stride_vc_off, stride_vc_dim,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-    DIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr,
 ):
-    """Fold key tokens start .. start + TILE_N into the running (acc, max, sum) of every row."""
+    """Fold key tokens start .. start + TILE_N into the running (acc, max, sum) of every row.
+
+    WINDOW > 0 masks, in this tile, keys at or before q_pos - WINDOW (the tile reaches back past
+    some row's window); 0 leaves the tile unmasked on that side."""
     n = start + tl.arange(0, TILE_N)
     d = tl.arange(0, HEAD_DIM)
     # Masked so block-table entries past the context (garbage, -1) and their cache slots are
     # never read (only diagonal tiles reach past kv_end; on the others the mask costs ~nothing).
     n_mask = n < kv_end
+    if WINDOW > 0:  # nor the keys before every row's window (their blocks may be reused)
+        n_mask = n_mask & (n >= kv_start)
     block = tl.load(bt_row + (n // BLOCK_SIZE) * stride_bt_blk, mask=n_mask, other=0).to(tl.int64)
     offset = n % BLOCK_SIZE
     k_rows = block * stride_kc_block + offset * stride_kc_off
@@ -82,11 +101,19 @@ def _attend_key_tile(
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if DIAGONAL:  # also drops keys >= kv_end: every row's q_pos < kv_end
         s = tl.where(n[None, :] <= q_pos[:, None], s, float("-inf"))
-    # Every row saw key 0 in the first tile (no row is masked out entirely before that), so
-    # m_new is finite and alpha is never NaN.
+    if WINDOW > 0:
+        s = tl.where(n[None, :] > q_pos[:, None] - WINDOW, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    if WINDOW > 0:
+        # A row may have seen no key yet (its window starts past this tile): keep its max at
+        # -inf but shift by 0, so alpha = exp2(-inf) = 0 and p = 0 instead of NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        # Every row saw key 0 in the first tile (no row is masked out entirely before that),
+        # so m_new is finite and alpha is never NaN.
+        m_shift = m_new
+    alpha = tl.exp2(m_i - m_shift)
+    p = tl.exp2(s - m_shift[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v_rows = block * stride_vc_block + offset * stride_vc_off
     v = tl.load(v_head + v_rows[:, None] + d[None, :] * stride_vc_dim, mask=n_mask[:, None], other=0.0)
@@ -107,6 +134,7 @@ def _prefill_kernel(
     stride_o_tok, stride_o_head, stride_o_dim,
     GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WINDOW: tl.constexpr,
 ):
     """One (sequence, q tile, kv head): causal attention for TOKENS new tokens x GROUP q heads."""
     TOKENS: tl.constexpr = BLOCK_R // GROUP  # new tokens per program; rows past TOKENS * GROUP idle
@@ -161,19 +189,38 @@ def _prefill_kernel(
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
     k_head = k_cache_ptr + kv_head * stride_kc_head
     v_head = v_cache_ptr + kv_head * stride_vc_head
-    for start in range(0, diag_start, TILE_N):
+    # With a window, key tiles are split once more (all TILE_N-aligned):
+    #   skipped | window-masked | unmasked | diagonal (causal, and window-masked too)
+    #   0 ..... lo ............ win_end .. diag_start ........ kv_end
+    # lo: the tile holding the first query's first key; win_end: past the first key every row
+    # sees (the last query's, last_pos - WINDOW + 1), capped at diag_start.
+    kv_start = 0
+    lo = 0
+    win_end = 0
+    if WINDOW > 0:
+        kv_start = tl.maximum(first_pos - WINDOW + 1, 0)
+        lo = (kv_start // TILE_N) * TILE_N
+        win_end = tl.minimum(tl.cdiv(tl.maximum(kv_end - WINDOW, 0), TILE_N) * TILE_N, diag_start)
+        for start in range(lo, win_end, TILE_N):
+            acc, m_i, l_i = _attend_key_tile(
+                acc, m_i, l_i, q, q_pos, start, kv_start, kv_end, bt_row, k_head, v_head, qk_scale,
+                stride_bt_blk, stride_kc_block, stride_kc_off, stride_kc_dim,
+                stride_vc_block, stride_vc_off, stride_vc_dim,
+                HEAD_DIM, BLOCK_SIZE, TILE_N, False, DOT_PRECISION, WINDOW,
+            )
+    for start in range(win_end, diag_start, TILE_N):
         acc, m_i, l_i = _attend_key_tile(
-            acc, m_i, l_i, q, q_pos, start, kv_end, bt_row, k_head, v_head, qk_scale,
+            acc, m_i, l_i, q, q_pos, start, kv_start, kv_end, bt_row, k_head, v_head, qk_scale,
             stride_bt_blk, stride_kc_block, stride_kc_off, stride_kc_dim,
             stride_vc_block, stride_vc_off, stride_vc_dim,
-            HEAD_DIM, BLOCK_SIZE, TILE_N, False, DOT_PRECISION,
+            HEAD_DIM, BLOCK_SIZE, TILE_N, False, DOT_PRECISION, 0,
         )
     for start in range(diag_start, kv_end, TILE_N):
         acc, m_i, l_i = _attend_key_tile(
-            acc, m_i, l_i, q, q_pos, start, kv_end, bt_row, k_head, v_head, qk_scale,
+            acc, m_i, l_i, q, q_pos, start, kv_start, kv_end, bt_row, k_head, v_head, qk_scale,
             stride_bt_blk, stride_kc_block, stride_kc_off, stride_kc_dim,
             stride_vc_block, stride_vc_off, stride_vc_dim,
-            HEAD_DIM, BLOCK_SIZE, TILE_N, True, DOT_PRECISION,
+            HEAD_DIM, BLOCK_SIZE, TILE_N, True, DOT_PRECISION, WINDOW,
         )
 
     o = acc / l_i[:, None]
@@ -273,10 +320,11 @@ def _tile_config(group: int, head_dim: int, max_query_len: int, device: torch.de
 def paged_prefill_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, max_query_len: int,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Prefill/extend attention for packed new tokens against their paged cache (one launch)."""
     _check_prefill_args(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
+    window = check_sliding_window(sliding_window)
     _check_kernel_args(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, max_query_len)
     require_triton_device(q, "aisp.kernels.prefill_attention.paged_prefill_attention_ref")
     num_tokens, num_q_heads, head_dim = q.shape
@@ -303,7 +351,7 @@ def paged_prefill_attention(
         scale * _LOG2E, num_seqs, num_tokens,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride(),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WINDOW=window, **config,
     )
     return out
 
@@ -353,14 +401,16 @@ def _gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int)
 def paged_prefill_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-    max_query_len: int | None = None,
+    max_query_len: int | None = None, sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Obvious twin: explicit key-position <= query-position mask, float32 softmax, per sequence.
+    """Obvious twin: explicit key-position <= query-position mask (and, with a window w,
+    key-position > query-position - w), float32 softmax, per sequence.
 
     Takes the kernel's arguments so callers can swap the two; it needs no max_query_len (it
     reads the lengths on the host) but, when given, checks it covers every sequence.
     """
     _check_prefill_args(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
+    window = check_sliding_window(sliding_window)
     group = q.shape[1] // k_cache.shape[2]
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     spans = _host_lengths(q, block_tables, k_cache.shape[1], query_start_loc, seq_lens, max_query_len)
@@ -370,6 +420,9 @@ def paged_prefill_attention_ref(
         q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
         k_pos = torch.arange(seq_len, device=q.device)
         scores = torch.einsum("qhd,khd->hqk", q[start:start + q_len].float(), k) * scale
-        scores = scores.masked_fill(k_pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        hidden = k_pos[None, :] > q_pos[:, None]
+        if window:
+            hidden |= k_pos[None, :] <= q_pos[:, None] - window
+        scores = scores.masked_fill(hidden[None], float("-inf"))
         out[start:start + q_len] = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
     return out.to(q.dtype)

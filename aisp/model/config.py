@@ -8,6 +8,11 @@ Contract:
 - Keys that would change the math and that this stack does not implement (another activation,
   MLP bias, partial rotary, a rope type other than default/llama3) are errors, never ignored.
   Other HF keys (use_cache, initializer_range, ...) do not affect inference and are skipped.
+- Sliding-window attention is per layer, read as transformers reads each family (see
+  `_parse_sliding_window`): Mistral windows every layer when `sliding_window` is set; Qwen2/Qwen3
+  window the layers whose `layer_types` entry is "sliding_attention" (derived, when absent, from
+  `use_sliding_window` and `max_window_layers`); Llama has no window. A combination transformers
+  itself cannot run or that this stack would have to guess at is a ValueError naming the field.
 - `to_hf()` writes a dict that transformers 5 loads (and that `from_hf` reads back equal).
 - Every field is validated at construction; derive a changed config with `dataclasses.replace`.
 - `read_json_file(path, what)` reads the JSON files of a model folder: one that is not a JSON
@@ -31,6 +36,7 @@ ARCHITECTURES: dict[str, str] = {
     "Qwen3ForCausalLM": "qwen3",
 }
 ROPE_TYPES = ("default", "llama3")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # HF's names for a layer's attention
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -69,9 +75,13 @@ class ModelConfig:
 
     `attention_bias` means q/k/v projections carry a bias (Qwen2 always; Llama/Qwen3 when the
     config says so); `o_proj_bias` is separate because Qwen2 biases q/k/v but not o, while Llama's
-    `attention_bias` covers all four. `sliding_window` is kept only to bound `max_model_len`:
-    within the window, sliding-window attention equals full causal attention, so capping the
-    context there keeps results exact without a windowed kernel.
+    `attention_bias` covers all four.
+
+    `sliding_window` (tokens, HF's meaning: a query at position p sees keys p - window < j <= p)
+    applies to the layers `layer_sliding_windows` names: with `layer_types` None, every layer
+    when `sliding_window` is set (Mistral); otherwise the layers whose entry is
+    "sliding_attention" (Qwen2/Qwen3). `from_hf` writes layer_types only when the layers differ,
+    and drops a window no layer uses, so equal models compare equal.
     """
 
     architecture: str
@@ -95,6 +105,7 @@ class ModelConfig:
     pad_token_id: int | None = None
     dtype: str = "bfloat16"
     sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -121,8 +132,23 @@ class ModelConfig:
             if tid is not None and not 0 <= tid < self.vocab_size:
                 raise ValueError(f"special token id {tid} is outside the vocabulary [0, {self.vocab_size}); "
                                  f"fix bos/eos/pad_token_id in config.json")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ValueError(f"sliding_window must be positive or None; got {self.sliding_window}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
+                                                or self.sliding_window <= 0):
+            raise ValueError(f"sliding_window must be a positive int or None; got {self.sliding_window!r}")
+        if self.sliding_window is not None and self.model_type == "llama":
+            raise ValueError(f"sliding_window={self.sliding_window}: {self.architecture} has no sliding-"
+                             f"window attention in transformers; use MistralForCausalLM or drop it")
+        if self.layer_types is not None:
+            if self.model_type not in ("qwen2", "qwen3"):
+                raise ValueError(f"layer_types is per-layer attention of Qwen2/Qwen3; {self.architecture} "
+                                 f"applies sliding_window to every layer, so leave layer_types None")
+            if len(self.layer_types) != self.num_hidden_layers or any(
+                    t not in LAYER_TYPES for t in self.layer_types):
+                raise ValueError(f"layer_types must hold num_hidden_layers={self.num_hidden_layers} "
+                                 f"entries among {LAYER_TYPES}; got {self.layer_types!r}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("layer_types names sliding_attention layers but sliding_window is None "
+                                 "(for Qwen2/Qwen3: use_sliding_window is false); set both or neither")
 
     # ---- derived ---------------------------------------------------------------------------------
 
@@ -144,10 +170,16 @@ class ModelConfig:
 
     @property
     def max_model_len(self) -> int:
-        """Longest sequence this stack runs exactly: positions, capped by a sliding window (see class doc)."""
-        if self.sliding_window is None:
-            return self.max_position_embeddings
-        return min(self.max_position_embeddings, self.sliding_window)
+        """Longest sequence this stack runs: every position the model has (windows included:
+        the attention kernels mask keys older than a layer's window)."""
+        return self.max_position_embeddings
+
+    @property
+    def layer_sliding_windows(self) -> tuple[int | None, ...]:
+        """Per decoder layer, its attention window in tokens, or None for full causal attention."""
+        if self.layer_types is None:
+            return (self.sliding_window,) * self.num_hidden_layers
+        return tuple(self.sliding_window if t == "sliding_attention" else None for t in self.layer_types)
 
     def num_params(self) -> int:
         """Parameter count (tied embeddings counted once); feeds FLOP and byte estimates."""
@@ -201,14 +233,7 @@ class ModelConfig:
             attention_bias = o_proj_bias = False
         else:
             attention_bias = o_proj_bias = bool(d.get("attention_bias", False))
-        sliding = d.get("sliding_window", 4096 if model_type == "mistral" else None)  # HF's defaults
-        if model_type == "llama":
-            sliding = None
-        elif model_type in ("qwen2", "qwen3"):
-            # Qwen windows only layers >= max_window_layers, and only with use_sliding_window.
-            windowed = d.get("max_window_layers", 28) < int(d["num_hidden_layers"])
-            if not (d.get("use_sliding_window", False) and windowed):
-                sliding = None
+        sliding, layer_types = _parse_sliding_window(d, model_type, int(d["num_hidden_layers"]))
         pad = d.get("pad_token_id")
         if pad is not None and pad < 0:
             pad = None  # old Llama conversions write -1 for "no pad token"
@@ -236,7 +261,8 @@ class ModelConfig:
             eos_token_ids=eos_ids,
             pad_token_id=pad,
             dtype=str(dtype).removeprefix("torch."),
-            sliding_window=int(sliding) if sliding is not None else None,
+            sliding_window=sliding,
+            layer_types=layer_types,
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -286,7 +312,9 @@ class ModelConfig:
         elif self.model_type in ("qwen2", "qwen3"):
             d["use_sliding_window"] = self.sliding_window is not None
             d["sliding_window"] = self.sliding_window
-            d["max_window_layers"] = 0  # when windowed, every layer is; max_model_len keeps it exact
+            d["max_window_layers"] = 0  # unused: layer_types says which layers are windowed
+            d["layer_types"] = ["sliding_attention" if w is not None else "full_attention"
+                                for w in self.layer_sliding_windows]
         return d
 
     def replace(self, **changes: Any) -> ModelConfig:
@@ -324,6 +352,58 @@ def _reject_unsupported(d: dict[str, Any]) -> None:
         if src.get("partial_rotary_factor", 1.0) != 1.0:
             raise ValueError(f"partial_rotary_factor={src['partial_rotary_factor']} is not supported; "
                              f"rotary embedding here covers the full head_dim")
+
+
+def _parse_sliding_window(d: dict[str, Any], model_type: str, num_layers: int
+                          ) -> tuple[int | None, tuple[str, ...] | None]:
+    """(sliding_window, layer_types) as transformers 5.x applies them (its configuration_*.py and
+    modeling_*.py for each family), canonical: no window when no layer uses one, layer_types
+    only when layers differ.
+
+    - Llama: LlamaConfig has no window; a `sliding_window` key is not read by HF, so not here.
+    - Mistral: `sliding_window` (default 4096) masks every layer (MistralModel builds one
+      sliding mask for all layers). HF's Mistral warns about and ignores `layer_types`; a
+      checkpoint that carries non-uniform layer_types was meant for another model
+      (Ministral), so rather than guess it is an error.
+    - Qwen2/Qwen3: the window is `sliding_window` (default 4096) only if `use_sliding_window`;
+      `layer_types` as given, else "sliding_attention" for layers >= `max_window_layers`
+      (default 28) when windowed.
+    """
+    if model_type == "llama":
+        return None, None
+    window = d.get("sliding_window", 4096)  # MistralConfig / Qwen2Config / Qwen3Config default
+    if model_type == "mistral":
+        given = d.get("layer_types")
+        uniform = "full_attention" if window is None else "sliding_attention"
+        if given is not None and any(t != uniform for t in given):
+            raise ValueError(f"layer_types={given!r} in a MistralForCausalLM config: transformers' "
+                             f"Mistral ignores layer_types and applies sliding_window={window} to every "
+                             f"layer, so the checkpoint's intent is unclear; drop layer_types (every "
+                             f"layer windowed) or use a model class that has per-layer windows")
+        return (None if window is None else int(window)), None
+    if not d.get("use_sliding_window", False):
+        window = None
+    types = d.get("layer_types")
+    if types is None:
+        max_window_layers = int(d.get("max_window_layers", 28))
+        types = ["sliding_attention" if window is not None and i >= max_window_layers
+                 else "full_attention" for i in range(num_layers)]
+    types = tuple(types)
+    if len(types) != num_layers or any(t not in LAYER_TYPES for t in types):
+        raise ValueError(f"layer_types must hold num_hidden_layers={num_layers} entries among "
+                         f"{LAYER_TYPES}; got {list(types)!r}")
+    if "sliding_attention" in types and window is None:
+        windowed = [i for i, t in enumerate(types) if t == "sliding_attention"]
+        raise ValueError(f"layer_types marks layers {windowed} sliding_attention but the window is "
+                         f"off (use_sliding_window={d.get('use_sliding_window', False)}, "
+                         f"sliding_window={d.get('sliding_window')}); transformers cannot build that "
+                         f"mask either: set use_sliding_window and sliding_window, or mark those "
+                         f"layers full_attention")
+    if "sliding_attention" not in types:
+        return None, None  # no layer is windowed
+    if all(t == "sliding_attention" for t in types):
+        return int(window), None
+    return int(window), types
 
 
 def _parse_rope(d: dict[str, Any]) -> tuple[float, RopeScaling | None]:

@@ -6,7 +6,8 @@ Contract:
   detour), for the loader and the synthetic presets to fill in place.
 - `forward(input_ids [T], positions [T], attn) -> hidden [T, hidden_size]`: T tokens of any
   number of sequences, flattened; `positions` gives each token's position in its own sequence;
-  `attn` (an `AttentionBackend`) decides which tokens attend to which and owns any KV cache.
+  `attn` (an `AttentionBackend`) decides which tokens attend to which and owns any KV cache;
+  each layer passes it that layer's sliding window (`ModelConfig.layer_sliding_windows`).
 - `compute_logits(hidden [n, hidden_size]) -> [n, vocab_size]` in float32; callers pass only the
   rows they sample from (usually the last token of each sequence), which keeps the vocab-sized
   GEMM small.
@@ -63,6 +64,7 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.sliding_window = config.layer_sliding_windows[layer_idx]  # None: full causal
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -85,7 +87,7 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # Qwen3 normalises each head before RoPE
         q, k = rope(q, k)  # the Triton path rotates in place, inside the qkv output; v is untouched
-        out = attn.forward(self.layer_idx, q, k, v)
+        out = attn.forward(self.layer_idx, q, k, v, sliding_window=self.sliding_window)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
 
@@ -140,8 +142,6 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, dtype) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        # The cache covers max_model_len, not max_position_embeddings, when a sliding window caps
-        # the context (config.max_model_len explains why).
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_model_len, config.rope_theta,
                                          config.rope_scaling)
         # Tied models keep one matrix: no lm_head parameter, so nothing can untie it (to_empty,

@@ -68,3 +68,20 @@ def randn(*shape: int, dtype: torch.dtype, device: str = "cpu", seed: int = 1) -
     """Seeded standard-normal data (never zeros), generated in fp32 then cast."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
+
+
+def drop_blocks_before(kv: PagedKV, first_key: list[int]) -> PagedKV:
+    """A copy of `kv` in which each sequence's blocks wholly before its `first_key` (the first
+    position any of its queries may see, with a sliding window) are gone: block-table entry -1
+    and every slot of the block NaN. A kernel that skips those blocks gives the same answer as
+    on `kv`; one that reads a block-table entry or a slot there indexes out of bounds or
+    returns NaN."""
+    block_size = kv.k_cache.shape[1]
+    k_cache, v_cache, tables = kv.k_cache.clone(), kv.v_cache.clone(), kv.block_tables.clone()
+    for i, first in enumerate(first_key):
+        for j in range(max(0, first) // block_size):
+            b = int(tables[i, j])
+            k_cache[b] = float("nan")
+            v_cache[b] = float("nan")
+            tables[i, j] = -1
+    return PagedKV(k_cache, v_cache, tables, kv.seq_lens)

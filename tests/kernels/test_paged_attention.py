@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from aisp.kernels import paged_attention as pa
+from aisp.kernels.attention import reference_causal_attention
 from aisp.kernels.paged_attention import (
     alloc_decode_workspace,
     choose_num_splits,
@@ -15,7 +16,8 @@ from aisp.kernels.paged_attention import (
     paged_decode_attention,
     paged_decode_attention_ref,
 )
-from tests.kernels.paged_kv_helpers import TOLERANCES, make_paged_kv, randn, requires_cuda
+from tests.kernels.paged_kv_helpers import (TOLERANCES, drop_blocks_before, make_paged_kv, randn,
+                                            requires_cuda)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -138,6 +140,67 @@ def test_decode_on_cpu_without_interpreter_says_what_to_do(monkeypatch):
         paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, 0.25)
 
 
+# ---- sliding window -------------------------------------------------------------------------------
+
+
+def _window_run(seq_lens, block_size, window, dtype, num_splits, hq=4, hkv=2, head_dim=16, seed=0):
+    """Kernel (on a cache whose blocks before each window are gone) vs twin (on the whole cache)."""
+    kv = make_paged_kv(seq_lens, block_size, hkv, head_dim, dtype, DEVICE, seed=seed)
+    q = randn(len(seq_lens), hq, head_dim, dtype=dtype, device=DEVICE, seed=seed + 1)
+    scale = 1.0 / math.sqrt(head_dim)
+    # The query at position n - 1 sees keys n - window .. n - 1: blocks wholly before are skipped.
+    dropped = drop_blocks_before(kv, [n - window for n in seq_lens])
+    out = torch.full_like(q, float("nan"))
+    paged_decode_attention(q, dropped.k_cache, dropped.v_cache, dropped.block_tables, kv.seq_lens,
+                           scale, out=out, num_splits=num_splits, sliding_window=window)
+    assert not out.isnan().any(), "a block before the window was read, or an output left unwritten"
+    want = paged_decode_attention_ref(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, scale,
+                                      sliding_window=window)
+    torch.testing.assert_close(out, want, **TOLERANCES[dtype])
+    return q, kv, out
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window", [1, 3, "block", 13, 1000])  # < block, == block, > every context
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_decode_window_matches_reference(block_size, window, dtype, num_splits):
+    window = block_size if window == "block" else window
+    # One token, exactly two blocks, ragged lengths, and 70 tokens over 5..18 blocks.
+    _window_run([1, 2 * block_size, 23, 37, 70], block_size, window, dtype, num_splits)
+
+
+def test_decode_window_with_more_splits_than_the_window_has_tiles():
+    # 8 splits of a 5-token window: the partition covers only the window, most splits are empty.
+    _window_run([0, 3, 40, 90], 4, 5, torch.float32, num_splits=8)  # and a padding row (0)
+
+
+def test_decode_window_twin_matches_float64_math():
+    # The twin against float64 masked softmax over the whole sequence (aisp.kernels.attention's
+    # reference, a different mask construction), keeping the last row: the decode query's.
+    seq_len, block_size, hq, hkv, d, window = 29, 4, 4, 2, 16, 6
+    kv = make_paged_kv([seq_len], block_size, hkv, d, torch.float32, DEVICE, seed=7)
+    q_full = randn(seq_len, hq, d, dtype=torch.float32, device=DEVICE, seed=8)
+    blocks = kv.block_tables[0, : math.ceil(seq_len / block_size)].long()
+    k = kv.k_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)[None]
+    v = kv.v_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)[None]
+    exact = reference_causal_attention(q_full.transpose(0, 1)[None], k, v, 0.3, sliding_window=window)
+    got = paged_decode_attention_ref(q_full[-1:], kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens,
+                                     0.3, sliding_window=window)
+    torch.testing.assert_close(got[0].double(), exact[0, :, -1], atol=1e-6, rtol=1e-6)
+    full = paged_decode_attention_ref(q_full[-1:], kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, 0.3)
+    assert (full - got).abs().max() > 1e-2, "the window must change the answer here"
+
+
+def test_decode_window_rejects_bad_values():
+    kv = make_paged_kv([4], 4, 2, 16, torch.float32, DEVICE)
+    q = randn(1, 4, 16, dtype=torch.float32, device=DEVICE)
+    for bad in (0, -2, 2.5, True):
+        for fn in (paged_decode_attention, paged_decode_attention_ref):
+            with pytest.raises(ValueError, match="sliding_window must be a positive int"):
+                fn(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, 0.25, sliding_window=bad)
+
+
 # ---- CUDA only: bf16, real head dims, long contexts, graph capture -------------------------------
 
 
@@ -195,3 +258,53 @@ def test_decode_cuda_graph_capture_and_replay():
         graph.replay()
         want = paged_decode_attention_ref(q, kv.k_cache, kv.v_cache, kv.block_tables, lens, d**-0.5)
         torch.testing.assert_close(out, want, **TOLERANCES[torch.bfloat16])
+
+
+@requires_cuda
+@pytest.mark.parametrize("num_splits", [1, 4, None])
+@pytest.mark.parametrize("window", [1, 16, 100, 4096])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_cuda_window_real_shapes(dtype, window, num_splits):
+    # Llama-3-8B heads, contexts up to 3,333 tokens in 16-token blocks: windows inside one block,
+    # of one block, of many, and longer than most contexts; blocks before the window dropped.
+    _window_run([1, 17, 128, 1000, 2049, 3333], 16, window, dtype, num_splits, hq=32, hkv=8,
+                head_dim=128)
+
+
+@requires_cuda
+def test_decode_cuda_window_graph_capture_and_replay():
+    # Windowed decode captured once, replayed with other context lengths: the window start moves
+    # with the device-side lengths.
+    hq, hkv, d, bs, window = 32, 8, 128, 16, 256
+    kv = make_paged_kv([300, 2000, 64, 1500], bs, hkv, d, torch.bfloat16, DEVICE)
+    q = randn(4, hq, d, dtype=torch.bfloat16, device=DEVICE)
+    out = torch.empty_like(q)
+    lens = kv.seq_lens.clone()
+    args = (q, kv.k_cache, kv.v_cache, kv.block_tables, lens, d**-0.5)
+    ws = alloc_decode_workspace(4, hq, hkv, d, kv.block_tables.shape[1] * bs, DEVICE, num_splits=2)
+    paged_decode_attention(*args, out=out, num_splits=2, workspace=ws, sliding_window=window)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        paged_decode_attention(*args, out=out, num_splits=2, workspace=ws, sliding_window=window)
+    for new_lens in ([300, 2000, 64, 1500], [1, 1999, 257, 700]):
+        lens.copy_(torch.tensor(new_lens, dtype=torch.int32))
+        out.fill_(float("nan"))
+        graph.replay()
+        want = paged_decode_attention_ref(*args, sliding_window=window)
+        torch.testing.assert_close(out, want, **TOLERANCES[torch.bfloat16])
+
+
+@requires_cuda
+def test_decode_cuda_window_skips_blocks_before_it():
+    # 8 sequences of 16K tokens, window 256: the kernel reads ~1/64 of the KV the full one reads.
+    # Block skipping is a speed property (the masks alone would give the same numbers), so it is
+    # checked by time, with a wide margin: launch-bound windowed vs bandwidth-bound full.
+    import triton.testing
+
+    kv = make_paged_kv([16384] * 8, 16, 8, 128, torch.bfloat16, DEVICE)
+    q = randn(8, 32, 128, dtype=torch.bfloat16, device=DEVICE)
+    args = (q, kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, 128**-0.5)
+    full_ms = triton.testing.do_bench(lambda: paged_decode_attention(*args))
+    window_ms = triton.testing.do_bench(lambda: paged_decode_attention(*args, sliding_window=256))
+    assert window_ms < full_ms / 4, f"windowed {window_ms:.3f} ms vs full {full_ms:.3f} ms"

@@ -77,12 +77,94 @@ def test_qwen2_always_biases_qkv_but_not_o() -> None:
     assert c.attention_bias and not c.o_proj_bias and not c.qk_norm and c.head_dim == 8
 
 
-def test_mistral_sliding_window_caps_the_context() -> None:
-    d = {"architectures": ["MistralForCausalLM"], "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
-         "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 32768,
-         "sliding_window": 4096}
-    assert ModelConfig.from_hf(d).max_model_len == 4096
-    assert ModelConfig.from_hf({**d, "sliding_window": None}).max_model_len == 32768
+MISTRAL_V01_STYLE = {"architectures": ["MistralForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+                     "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "max_position_embeddings": 512, "sliding_window": 16}
+
+
+def test_sliding_window_no_longer_caps_the_context() -> None:
+    # Mistral-v0.1 style: a 16-token window, 512 positions. The window is attention's business.
+    c = ModelConfig.from_hf(MISTRAL_V01_STYLE)
+    assert c.max_model_len == 512
+    assert c.sliding_window == 16 and c.layer_sliding_windows == (16, 16)
+    unwindowed = ModelConfig.from_hf({**MISTRAL_V01_STYLE, "sliding_window": None})
+    assert unwindowed.layer_sliding_windows == (None, None)
+    no_key = {k: v for k, v in MISTRAL_V01_STYLE.items() if k != "sliding_window"}
+    assert ModelConfig.from_hf(no_key).sliding_window == 4096  # MistralConfig's default
+
+
+def test_sliding_window_engine_context_is_the_full_one(tmp_path) -> None:
+    # Before: "exceeds the model's context of 16 tokens" for any longer prompt.
+    from aisp.engine.config import EngineConfig
+    from aisp.engine.engine import LLMEngine
+    from aisp.engine.sampling_params import SamplingParams
+    from aisp.model import save_synthetic
+
+    config = ModelConfig.from_hf({**MISTRAL_V01_STYLE, "vocab_size": 512, "dtype": "float32"})
+    save_synthetic(config, tmp_path)
+    engine = LLMEngine(EngineConfig(model=str(tmp_path), device="cpu", dtype="float32"))
+    assert engine.max_model_len == 512
+    assert [layer.self_attn.sliding_window for layer in engine.model.layers] == [16, 16]
+    out = engine.generate([list(range(3, 43))], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
+    assert len(out[0].output_token_ids) == 2  # a 40-token prompt, past the window, runs
+
+
+@pytest.mark.parametrize("family", ["Qwen2ForCausalLM", "Qwen3ForCausalLM"])
+def test_qwen_windows_the_layers_transformers_windows(family: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    base = {"architectures": [family], "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+            "max_position_embeddings": 512, "sliding_window": 8}
+    cases = [
+        ({}, (None,) * 4),                                           # use_sliding_window off
+        ({"use_sliding_window": True, "max_window_layers": 28}, (None,) * 4),   # default: none >= 28
+        ({"use_sliding_window": True, "max_window_layers": 1}, (None, 8, 8, 8)),
+        ({"use_sliding_window": True, "max_window_layers": 0}, (8,) * 4),
+        ({"use_sliding_window": True, "layer_types": ["sliding_attention", "full_attention"] * 2},
+         (8, None, 8, None)),
+    ]
+    hf_class = getattr(transformers, family.replace("ForCausalLM", "Config"))
+    for change, want in cases:
+        d = {**base, **change}
+        c = ModelConfig.from_hf(d)
+        assert c.layer_sliding_windows == want, change
+        assert c.max_model_len == 512
+        # transformers' own reading of the same dict windows the same layers with the same size
+        hf = hf_class(**{k: v for k, v in d.items() if k != "architectures"})
+        hf_windows = tuple(hf.sliding_window if t == "sliding_attention" else None for t in hf.layer_types)
+        assert hf_windows == want, change
+        # and our config survives the trip through transformers' config class
+        again = ModelConfig.from_hf(json.loads(hf_class(**c.to_hf()).to_json_string()))
+        assert again == c, change
+
+
+@pytest.mark.parametrize("arch, change, words", [
+    ("Qwen2ForCausalLM", {"layer_types": ["sliding_attention", "full_attention"]}, "use_sliding_window"),
+    ("Qwen3ForCausalLM", {"use_sliding_window": True, "layer_types": ["full_attention"]},
+     "layer_types must hold"),
+    ("Qwen2ForCausalLM", {"use_sliding_window": True, "layer_types": ["chunked_attention"] * 2},
+     "layer_types must hold"),
+    ("MistralForCausalLM", {"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+])
+def test_window_configs_that_cannot_be_honoured_name_the_field(arch: str, change: dict, words: str) -> None:
+    d = {"architectures": [arch], "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "sliding_window": 8, **change}
+    with pytest.raises(ValueError, match=words):
+        ModelConfig.from_hf(d)
+
+
+def test_window_fields_are_validated_at_construction() -> None:
+    base = ModelConfig.from_hf({**MISTRAL_V01_STYLE, "architectures": ["Qwen2ForCausalLM"],
+                                "use_sliding_window": True, "max_window_layers": 1})
+    assert base.layer_types == ("full_attention", "sliding_attention")
+    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
+        base.replace(sliding_window=0)
+    with pytest.raises(ValueError, match="sliding_window is None"):
+        base.replace(sliding_window=None)
+    with pytest.raises(ValueError, match="LlamaForCausalLM has no sliding-window"):
+        ModelConfig.from_hf(HUB_LLAMA_32_1B).replace(sliding_window=16)
+    with pytest.raises(ValueError, match="leave layer_types None"):
+        ModelConfig.from_hf(MISTRAL_V01_STYLE).replace(layer_types=("full_attention", "sliding_attention"))
 
 
 def test_unsupported_architecture_names_it_and_the_supported_ones() -> None:

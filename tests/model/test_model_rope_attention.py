@@ -78,6 +78,24 @@ def test_varlen_attention_matches_reference(num_q_heads: int, num_kv_heads: int,
     torch.testing.assert_close(got, reference_attention(q, k, v, seq_lens), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [1, 4, 11, 50])
+def test_varlen_attention_window_matches_float64_math(window: int) -> None:
+    # Each packed sequence against float64 windowed causal attention (aisp.kernels.attention).
+    from aisp.kernels.attention import reference_causal_attention
+    seq_lens = [3, 0, 17, 1, 9]
+    q, k, v = torch.randn(30, 4, 16), torch.randn(30, 2, 16), torch.randn(30, 2, 16)
+    got = VarlenCausalAttention.from_seq_lens(seq_lens).forward(0, q, k, v, sliding_window=window)
+    start = 0
+    for n in seq_lens:
+        if n:
+            span = [t[start:start + n].transpose(0, 1)[None] for t in (q, k, v)]
+            want = reference_causal_attention(*span, 0.25, sliding_window=window)[0].transpose(0, 1)
+            torch.testing.assert_close(got[start:start + n].double(), want, rtol=1e-5, atol=1e-5)
+        start += n
+    plain = VarlenCausalAttention.from_seq_lens(seq_lens).forward(0, q, k, v)
+    assert (window >= 17) == torch.allclose(plain, got), "the window changes exactly the long rows"
+
+
 def test_varlen_attention_rejects_bad_inputs() -> None:
     with pytest.raises(ValueError, match=r"cu_seqlens.*\[0, 5, 3\]"):
         VarlenCausalAttention(torch.tensor([0, 5, 3]))
