@@ -176,11 +176,7 @@ class LLMEngine:
                       else f"cpu_kv_cache_bytes {cfg.cpu_kv_cache_bytes / 2**20:,.0f} MiB")
             cache_size, cache_fix = (f"{cache.num_blocks:,} blocks x {cache.block_size} tokens "
                                      f"fit in {budget}"), "set a larger --num-kv-blocks"
-        if mc.max_model_len == mc.max_position_embeddings:
-            model_words = f"the model's context, max_position_embeddings of {cfg.model}"
-        else:
-            model_words = (f"the longest context aisp runs {cfg.model} at exactly, below its "
-                           f"max_position_embeddings {mc.max_position_embeddings:,}")
+        model_words = f"the model's context: max_position_embeddings in {cfg.model}'s config"
         if cfg.max_model_len is not None:
             if cfg.max_model_len > capacity:
                 raise ValueError(f"max_model_len {cfg.max_model_len:,} exceeds the KV cache's "

@@ -68,8 +68,8 @@ def test_the_limit_names_max_model_len_or_the_model_when_they_set_it():
         eng.add_request(_prompt(40))
     eng = LLMEngine(EngineConfig(model="tiny", device="cpu", num_kv_blocks=64))
     assert eng.max_model_len == 512
-    with pytest.raises(ValueError, match=r"max_model_len is 512 tokens \(the model's context, "
-                                         r"max_position_embeddings of tiny\)"):
+    with pytest.raises(ValueError, match=r"max_model_len is 512 tokens \(the model's context: "
+                                         r"max_position_embeddings in tiny's config\)"):
         eng.add_request(_prompt(600))
 
 

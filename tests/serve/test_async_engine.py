@@ -51,7 +51,7 @@ def test_admission_error_is_raised_before_the_first_output(llm):
 
     async def go():
         gen = engine.generate([1] * 600, GREEDY)
-        with pytest.raises(ValueError, match="context is 512"):
+        with pytest.raises(ValueError, match="max_model_len is 512 tokens"):
             await gen.__anext__()
         with pytest.raises(ValueError, match="max_tokens"):
             await engine.add_request("x", SamplingParams(max_tokens=10_000))

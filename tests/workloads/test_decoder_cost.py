@@ -50,7 +50,7 @@ class _MatmulAttention:
     """Causal attention of one packed sequence as two explicit matmuls over the full square,
     so torch's FLOP counter sees every (query, key) product it computes."""
 
-    def forward(self, layer_idx, q, k, v):
+    def forward(self, layer_idx, q, k, v, sliding_window=None):
         group = q.shape[1] // k.shape[1]
         k, v = (t.repeat_interleave(group, dim=1).transpose(0, 1) for t in (k, v))
         s = q.transpose(0, 1) @ k.transpose(1, 2) * q.shape[-1] ** -0.5
