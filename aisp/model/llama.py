@@ -59,7 +59,8 @@ class RMSNorm(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    """Fused qkv projection, optional per-head q/k RMSNorm (Qwen3), RoPE, backend attention, o_proj."""
+    """Fused qkv projection, optional per-head q/k RMSNorm (Qwen3) and RoPE, and o_proj: the
+    projections around attention. The layer calls the attention backend between them."""
 
     def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -78,7 +79,9 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
 
-    def forward(self, hidden: torch.Tensor, rope: Rope, attn: AttentionBackend) -> torch.Tensor:
+    def project_qkv(self, hidden: torch.Tensor, rope: Rope
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden [T, hidden] -> q [T, Hq, D], k and v [T, Hkv, D], q/k-normed and rotated."""
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
@@ -86,9 +89,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # Qwen3 normalises each head before RoPE
-        q, k = rope(q, k)  # the Triton path rotates in place, inside the qkv output; v is untouched
-        out = attn.forward(self.layer_idx, q, k, v, sliding_window=self.sliding_window)
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        return (*rope(q, k), v)  # the Triton path rotates in place, inside the qkv output
 
 
 class LlamaMLP(nn.Module):
@@ -112,6 +113,10 @@ class LlamaDecoderLayer(nn.Module):
     `layer(hidden, residual) -> (hidden, residual)`: the sum hidden + residual is this layer's
     input x, formed inside input_layernorm; the first layer gets residual None (its hidden is x).
     The last layer's pair goes to the final norm the same way.
+
+    The layer is two halves around the attention call, `pre_attention` and `post_attention`:
+    the dense pieces that piecewise CUDA graphs capture and regional compilation compiles
+    (aisp.engine.piecewise_graphs), with attention run between them on its real metadata.
     """
 
     def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
@@ -121,15 +126,29 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = LlamaMLP(config, dtype)
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Rope,
-                attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+    def pre_attention(self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Rope
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything before attention: (hidden, residual) -> (q, k, v, residual)."""
         if residual is None:
             residual, hidden = hidden, self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(hidden, rope, attn)
+        q, k, v = self.self_attn.project_qkv(hidden, rope)
+        return q, k, v, residual
+
+    def post_attention(self, attn_out: torch.Tensor, residual: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything after attention: (attention output [T, Hq, D], residual) -> (hidden, residual)."""
+        hidden = self.self_attn.o_proj(attn_out.reshape(attn_out.shape[0], -1))
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Rope,
+                attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v, residual = self.pre_attention(hidden, residual, rope)
+        out = attn.forward(self.self_attn.layer_idx, q, k, v,
+                           sliding_window=self.self_attn.sliding_window)
+        return self.post_attention(out, residual)
 
 
 class LlamaForCausalLM(nn.Module):
