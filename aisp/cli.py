@@ -326,8 +326,11 @@ def generate_command(
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching"),
     attention_kernels: str = typer.Option("auto", "--attention-kernels",
                                           help="auto, triton or torch."),
-    decode_graphs: str = typer.Option("auto", "--decode-graphs",
-                                      help="auto, cuda, buffers or off."),
+    cuda_graphs: str = typer.Option("auto", "--cuda-graphs",
+                                    help="auto (full_and_piecewise on a GPU, none on a CPU), "
+                                         "none, full (decode-only steps), piecewise (the dense "
+                                         "pieces of every step, attention eager) or "
+                                         "full_and_piecewise."),
     async_scheduling: str = typer.Option("auto", "--async-scheduling",
                                          help="auto (on for a GPU), on or off: plan the next "
                                               "step while the GPU runs this one."),
@@ -352,7 +355,7 @@ def generate_command(
                            max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                            max_num_batched_tokens=max_num_batched_tokens,
                            enable_prefix_caching=not no_prefix_caching,
-                           attention_kernels=attention_kernels, decode_graphs=decode_graphs,
+                           attention_kernels=attention_kernels, cuda_graphs=cuda_graphs,
                            async_scheduling=async_scheduling)
         params = SamplingParams(max_tokens=output_len, temperature=temperature, top_p=top_p,
                                 top_k=top_k, seed=seed if temperature > 0 else None,
@@ -367,7 +370,7 @@ def generate_command(
         raise typer.Exit(2)
     console.print(escape(f"{model} on {engine.device} ({str(engine.dtype).replace('torch.', '')}),"
                          f" {engine.kv_cache!r}, max_model_len {engine.max_model_len:,}"
-                         f" ({engine.max_model_len_reason})"),
+                         f" ({engine.max_model_len_reason}); {engine.graph_summary()}"),
                   highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

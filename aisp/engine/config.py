@@ -16,6 +16,25 @@ import torch
 
 from aisp.hardware import parse_device
 
+@dataclass(frozen=True)
+class GraphMode:
+    """Which steps replay CUDA graphs (vLLM's CUDAGraphMode, as data rather than branches)."""
+
+    name: str
+    full_decode: bool      # decode-only steps replay one whole-step graph (aisp.engine.cuda_graphs)
+    piecewise: bool        # other steps replay their dense pieces (aisp.engine.piecewise_graphs)
+    capture: bool = True   # False: the same padded paths run eagerly (CPU tests)
+
+
+GRAPH_MODES: dict[str, GraphMode] = {m.name: m for m in (
+    GraphMode("none", full_decode=False, piecewise=False),
+    GraphMode("full", full_decode=True, piecewise=False),
+    GraphMode("piecewise", full_decode=False, piecewise=True),
+    GraphMode("full_and_piecewise", full_decode=True, piecewise=True),
+)}
+# `cuda_graphs='auto'` on a GPU with the Triton kernels: vLLM's default mode.
+DEFAULT_GPU_GRAPH_MODE = "full_and_piecewise"
+
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
 
@@ -38,7 +57,9 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     kv_cache_watermark: float = 0.01         # of the KV blocks, kept free when admitting (>= 1 block if > 0)
     attention_kernels: str = "auto"          # auto | triton | torch (reference twins)
-    decode_graphs: str = "auto"              # auto (cuda on a GPU, else off) | cuda | buffers | off
+    cuda_graphs: str = "auto"                # auto | none | full | piecewise | full_and_piecewise (GRAPH_MODES)
+    graph_capture: str = "auto"              # auto (capture on a GPU) | off: graph paths run eagerly on their buffers
+    cuda_graph_max_tokens: int | None = None  # largest piecewise bucket; None: max_num_batched_tokens
     async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
 
     def __post_init__(self) -> None:
@@ -49,9 +70,13 @@ class EngineConfig:
         if self.attention_kernels not in ("auto", "triton", "torch"):
             raise ValueError(f"attention_kernels '{self.attention_kernels}' unknown; choose auto, "
                              f"triton or torch")
-        if self.decode_graphs not in ("auto", "cuda", "buffers", "off"):
-            raise ValueError(f"decode_graphs '{self.decode_graphs}' unknown; choose auto, cuda, "
-                             f"buffers (the padded graph inputs, run eagerly) or off")
+        if self.cuda_graphs != "auto" and self.cuda_graphs not in GRAPH_MODES:
+            raise ValueError(f"cuda_graphs '{self.cuda_graphs}' unknown; choose auto or one of "
+                             f"{', '.join(GRAPH_MODES)}")
+        if self.graph_capture not in ("auto", "off"):
+            raise ValueError(f"graph_capture '{self.graph_capture}' unknown; choose auto (capture "
+                             f"on a GPU) or off (run the graph paths eagerly on their padded "
+                             f"buffers, as the CPU tests do)")
         if self.async_scheduling not in ("auto", "on", "off"):
             raise ValueError(f"async_scheduling '{self.async_scheduling}' unknown; choose auto, on "
                              f"(plan the next step while the GPU runs this one) or off")
@@ -59,7 +84,7 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} is {value!r}; it must be a positive integer")
-        for name in ("num_kv_blocks", "max_model_len"):
+        for name in ("num_kv_blocks", "max_model_len", "cuda_graph_max_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} is {value!r}; it must be a positive integer or None")
@@ -92,16 +117,25 @@ class EngineConfig:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
-    def resolve_decode_graphs(self, device: torch.device, kernels: str) -> str:
-        """'cuda' captures graphs (needs a GPU and the Triton kernels: the torch twins sync the
-        host); 'buffers' runs the same padded static-buffer path eagerly; 'off' is plain eager."""
-        mode = self.decode_graphs
-        if mode == "auto":
-            return "cuda" if device.type == "cuda" and kernels == "triton" else "off"
-        if mode == "cuda" and (device.type != "cuda" or kernels != "triton"):
-            raise ValueError(f"decode_graphs='cuda' needs a CUDA device and the Triton kernels "
-                             f"(device {device}, kernels {kernels}); use 'auto', 'buffers' or 'off'")
-        return mode
+    def resolve_cuda_graphs(self, device: torch.device, kernels: str) -> GraphMode:
+        """The graph mode to run (see GRAPH_MODES); `auto` is DEFAULT_GPU_GRAPH_MODE on a GPU
+        with the Triton kernels, else none. Capturing needs CUDA; whole-step (full) graphs also
+        need the Triton kernels, since the torch twins of attention read sizes on the host.
+        `graph_capture='off'` runs the same padded-buffer paths eagerly, on any device."""
+        name = self.cuda_graphs
+        if name == "auto":
+            name = DEFAULT_GPU_GRAPH_MODE if device.type == "cuda" and kernels == "triton" \
+                else "none"
+        mode = GRAPH_MODES[name]
+        capture = self.graph_capture == "auto" and name != "none"
+        if capture and device.type != "cuda":
+            raise ValueError(f"cuda_graphs='{name}' captures CUDA graphs, but this engine runs on "
+                             f"{device}; use cuda_graphs='none' (or graph_capture='off' to run "
+                             f"the same padded pieces eagerly, as the CPU tests do)")
+        if capture and mode.full_decode and kernels != "triton":
+            raise ValueError(f"cuda_graphs='{name}' captures whole decode steps, which needs the "
+                             f"Triton kernels (kernels are {kernels}); use 'piecewise' or 'none'")
+        return dataclasses.replace(mode, capture=capture)
 
     def resolve_async_scheduling(self, device: torch.device) -> bool:
         """On a GPU the host plans step N+1 while step N runs; a CPU computes as it launches, so

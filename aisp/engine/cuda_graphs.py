@@ -12,7 +12,8 @@ Contract:
   (the decode kernel writes zeros and reads nothing), so they touch no real KV block.
 - Buckets are powers of two up to `max_batch` (plus `max_batch` itself); a step of n requests
   replays the smallest bucket >= n. Graphs share one memory pool.
-- Only decode-only steps use graphs; steps with prefill chunks run eagerly (their shapes vary).
+- Only decode-only steps use these graphs (the `full` part of a graph mode); other steps run
+  piecewise graphs (aisp.engine.piecewise_graphs) or eagerly.
 - `capture=False` runs the same padded-buffer path eagerly: that is how it is tested without a
   GPU, and how a CPU engine would use it.
 - The block table width is fixed at capture (max_model_len / block_size), so the decode
@@ -21,6 +22,7 @@ Contract:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +30,7 @@ import torch
 from aisp.engine.attention import AttentionMetadata, PagedAttention
 from aisp.engine.host_io import to_device
 from aisp.engine.kv_cache import KVCache
+from aisp.engine.piecewise_graphs import CaptureInfo
 from aisp.engine.plan import ScheduledRequest
 from aisp.model.llama import LlamaForCausalLM
 
@@ -42,7 +45,8 @@ def bucket_sizes(max_batch: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, max_batch: int,
-                 max_model_len: int, device: torch.device, kernels: str, capture: bool = True):
+                 max_model_len: int, device: torch.device, kernels: str, capture: bool = True,
+                 pool: tuple | None = None):
         self.model, self.kv_cache, self.device, self.kernels = model, kv_cache, device, kernels
         self.max_batch = max_batch
         self.sizes = bucket_sizes(max_batch)
@@ -58,8 +62,9 @@ class DecodeGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.hidden: dict[int, torch.Tensor] = {}
         self.captured = False
+        self.info = CaptureInfo(0, 0, 0.0, 0)
         if capture:
-            self._capture()
+            self._capture(pool)
 
     def _forward(self, n: int) -> torch.Tensor:
         meta = AttentionMetadata(
@@ -72,10 +77,13 @@ class DecodeGraphs:
                           PagedAttention(self.kv_cache, meta, self.kernels))
 
     @torch.inference_mode()
-    def _capture(self) -> None:
+    def _capture(self, pool: tuple | None) -> None:
         if self.device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device; use capture=False on the CPU")
-        pool = torch.cuda.graph_pool_handle()
+        t0 = time.perf_counter()
+        torch.cuda.synchronize(self.device)
+        reserved0 = torch.cuda.memory_reserved(self.device)
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         # Inert inputs (every row padding) so warm-up and capture write no real KV.
         self.context_lens.zero_()
         self.slot_mapping.fill_(-1)
@@ -92,6 +100,9 @@ class DecodeGraphs:
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize(self.device)
         self.captured = True
+        self.info = CaptureInfo(num_graphs=len(self.graphs), num_buckets=len(self.graphs),
+                                capture_s=time.perf_counter() - t0,
+                                pool_bytes=torch.cuda.memory_reserved(self.device) - reserved0)
 
     def bucket_for(self, n: int) -> int:
         if not 1 <= n <= self.max_batch:

@@ -32,6 +32,7 @@ import torch
 from aisp.engine.block_manager import BlockManager
 from aisp.engine.config import EngineConfig
 from aisp.engine.cuda_graphs import DecodeGraphs
+from aisp.engine.piecewise_graphs import PiecewiseGraphs
 from aisp.engine.kv_cache import KVCache, KVCacheSpec
 from aisp.engine.model_runner import ModelRunner, SampledTokens
 from aisp.engine.request import Request, RequestStatus
@@ -102,6 +103,7 @@ class StepStats:
     schedule_s: float = 0.0   # host: planning
     execute_s: float = 0.0    # launching forward + sampling, plus waiting for the sampled ids
     update_s: float = 0.0     # host: appending tokens, stop checks, outputs
+    graph_path: str = "eager"  # how the forward ran: full | piecewise | eager | idle (no forward)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class LLMEngine:
         source = resolve_model(config.model)
         # Switches that cannot run here fail now, before the weights are read.
         kernels = config.resolve_kernels(self.device, source.config.head_dim)
-        graph_mode = config.resolve_decode_graphs(self.device, kernels)
+        graph_mode = config.resolve_cuda_graphs(self.device, kernels)
         self.model, self.model_config = source.load(self.device, self.dtype, config.seed)
         try:
             self.tokenizer = source.tokenizer()
@@ -145,11 +147,18 @@ class LLMEngine:
                             kv_cache_watermark=config.kv_cache_watermark),
             self.block_manager, eos_token_ids=eos)
         self.model.set_elementwise_kernels(kernels)  # fused norm/RoPE/SiLU beside Triton attention
-        graphs = None if graph_mode == "off" else DecodeGraphs(
+        self.graph_mode = graph_mode
+        # One memory pool for every graph; piecewise first, largest buckets first (see each).
+        pool = torch.cuda.graph_pool_handle() if graph_mode.capture else None
+        piecewise = None if not graph_mode.piecewise else PiecewiseGraphs(
+            self.model, min(config.cuda_graph_max_tokens or config.max_num_batched_tokens,
+                            config.max_num_batched_tokens), self.device,
+            capture=graph_mode.capture, pool=pool)
+        graphs = None if not graph_mode.full_decode else DecodeGraphs(
             self.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.device,
-            kernels, capture=graph_mode == "cuda")
+            kernels, capture=graph_mode.capture, pool=pool)
         self.runner = ModelRunner(self.model, self.kv_cache, self.device, kernels,
-                                  decode_graphs=graphs)
+                                  decode_graphs=graphs, piecewise_graphs=piecewise)
         self.async_scheduling = config.resolve_async_scheduling(self.device)
         self._in_flight: _LaunchedStep | None = None
         # Telemetry hooks: every step's stats, and every finished request's final output.
@@ -157,6 +166,22 @@ class LLMEngine:
         self.finished_listeners: list[Callable[[RequestOutput], None]] = []
         self._ids = itertools.count()
         torch.manual_seed(config.seed)
+
+    def graph_summary(self) -> str:
+        """One line on the CUDA-graph mode: what was captured, how long it took, what it holds."""
+        mode = self.graph_mode
+        if mode.name == "none":
+            return "cuda graphs: none (every step eager)"
+        text = f"cuda graphs: {mode.name}"
+        if not mode.capture:
+            return text + " (not captured: the padded graph inputs run eagerly)"
+        for label, graphs in (("piecewise", self.runner.piecewise_graphs),
+                              ("full decode", self.runner.decode_graphs)):
+            if graphs is not None:
+                i = graphs.info
+                text += (f"; {label} {i.num_graphs:,} graphs over {i.num_buckets} sizes, captured "
+                         f"in {i.capture_s:.1f} s, pool {i.pool_bytes / 2**20:,.0f} MiB")
+        return text
 
     def _context_limit(self) -> tuple[int, str]:
         """max_model_len and what set it, in words that name the option to change: admission
@@ -285,7 +310,8 @@ class LLMEngine:
                           num_waiting=len(self.scheduler.waiting),
                           kv_cache_usage=self.block_manager.usage,
                           schedule_s=launched.schedule_s,
-                          execute_s=launched.launch_s + (t3 - t2), update_s=t4 - t3)
+                          execute_s=launched.launch_s + (t3 - t2), update_s=t4 - t3,
+                          graph_path=launched.sampled.graph_path)
         for listener in self.step_listeners:
             listener(stats)
         for out in outputs:

@@ -31,6 +31,7 @@ import torch
 from aisp.engine.attention import AttentionMetadata, PagedAttention
 from aisp.engine.cuda_graphs import DecodeGraphs
 from aisp.engine.host_io import to_device
+from aisp.engine.piecewise_graphs import PiecewiseGraphs
 from aisp.engine.kv_cache import KVCache
 from aisp.engine.request import PENDING_TOKEN_ID
 from aisp.engine.sampler import Sampler, make_generator
@@ -52,6 +53,7 @@ class SampledTokens:
     device_ids: torch.Tensor | None = None   # int64 [len(request_ids)], on the device
     host_ids: torch.Tensor | None = None     # the same, being copied to (pinned) host memory
     ready: torch.cuda.Event | None = None    # recorded after the copy (CUDA only)
+    graph_path: str = "eager"                # how the forward ran: full | piecewise | eager | idle
 
     def result(self) -> dict[str, list[int]]:
         if not self.request_ids:
@@ -64,13 +66,15 @@ class SampledTokens:
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, device: torch.device,
                  kernels: str = "triton", sampler: Sampler | None = None,
-                 decode_graphs: DecodeGraphs | None = None):
+                 decode_graphs: DecodeGraphs | None = None,
+                 piecewise_graphs: PiecewiseGraphs | None = None):
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
         self.kernels = kernels
         self.sampler = sampler or Sampler()
         self.decode_graphs = decode_graphs
+        self.piecewise_graphs = piecewise_graphs
         self.generators: dict[str, torch.Generator | None] = {}
         self._last: SampledTokens = SampledTokens(())   # pending inputs are filled from it
         self._last_rows: dict[str, int] = {}
@@ -122,23 +126,34 @@ class ModelRunner:
             input_ids_t.index_copy_(0, *pending)
         return input_ids_t, to_device(positions, torch.int64, dev), meta
 
+    def _forward(self, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest]
+                 ) -> tuple[torch.Tensor, str]:
+        """Hidden states of the step's tokens, and the path taken: a whole-step graph for a
+        decode-only step (`full`), the dense pieces replayed around eager attention
+        (`piecewise`), or every kernel launched from Python (`eager`) — the first that the
+        graph mode has and the step fits."""
+        full, pieces = self.decode_graphs, self.piecewise_graphs
+        if full is not None and not prefills and len(decodes) <= full.max_batch:
+            return full.run(decodes, self._pending_inputs(decodes)), "full"
+        input_ids, positions, meta = self.build_metadata(decodes, prefills)
+        attn = PagedAttention(self.kv_cache, meta, self.kernels)
+        if pieces is not None and input_ids.shape[0] <= pieces.max_tokens:
+            layers = self.model.layers
+            hidden = pieces.run(input_ids, positions, lambda i, q, k, v: attn.forward(
+                i, q, k, v, sliding_window=layers[i].self_attn.sliding_window))
+            return hidden, "piecewise"
+        return self.model(input_ids, positions, attn), "eager"
+
     @torch.inference_mode()
     def launch(self, plan: SchedulerOutput) -> SampledTokens:
         for rid in (*plan.finished_request_ids,):
             self.generators.pop(rid, None)
         scheduled = plan.scheduled_requests
         if not scheduled:
-            return SampledTokens(())
+            return SampledTokens((), graph_path="idle")
         decodes = [s for s in scheduled if s.is_decode]
         prefills = [s for s in scheduled if not s.is_decode]
-        graphs = self.decode_graphs
-        if graphs is not None and not prefills and len(decodes) <= graphs.max_batch:
-            # Decode-only step: replay (see cuda_graphs.py).
-            hidden = graphs.run(decodes, self._pending_inputs(decodes))
-        else:
-            input_ids, positions, meta = self.build_metadata(decodes, prefills)
-            hidden = self.model(input_ids, positions,
-                                PagedAttention(self.kv_cache, meta, self.kernels))
+        hidden, path = self._forward(decodes, prefills)
 
         # The last token of each chunk that completes its sequence gives that request's logits.
         sampling: list[ScheduledRequest] = []
@@ -150,7 +165,7 @@ class ModelRunner:
                 sampling.append(s)
                 rows.append(offset - 1)
         if not sampling:
-            return SampledTokens(())
+            return SampledTokens((), graph_path=path)
         logits = self.model.compute_logits(hidden[to_device(rows, torch.int64, self.device)])
         gens = []
         for s in sampling:
@@ -158,7 +173,8 @@ class ModelRunner:
                 self.generators[s.request_id] = make_generator(s.sampling_params.seed, self.device)
             gens.append(self.generators[s.request_id])
         tokens = self.sampler(logits, [s.sampling_params for s in sampling], gens)
-        out = SampledTokens(tuple(s.request_id for s in sampling), tokens, tokens)
+        out = SampledTokens(tuple(s.request_id for s in sampling), tokens, tokens,
+                            graph_path=path)
         if tokens.is_cuda:  # start the copy now; result() waits only for it
             out.host_ids = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             out.host_ids.copy_(tokens, non_blocking=True)

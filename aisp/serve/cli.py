@@ -51,8 +51,11 @@ def serve_command(
                                            help="Disable prefix caching."),
     attention_kernels: str = typer.Option("auto", "--attention-kernels",
                                           help="auto, triton or torch."),
-    decode_graphs: str = typer.Option("auto", "--decode-graphs",
-                                      help="auto, cuda, buffers or off."),
+    cuda_graphs: str = typer.Option("auto", "--cuda-graphs",
+                                    help="auto (full_and_piecewise on a GPU, none on a CPU), "
+                                         "none, full (decode-only steps), piecewise (the dense "
+                                         "pieces of every step, attention eager) or "
+                                         "full_and_piecewise."),
     async_scheduling: str = typer.Option("auto", "--async-scheduling",
                                          help="auto (on for a GPU), on or off: plan the next "
                                               "step while the GPU runs this one."),
@@ -72,7 +75,7 @@ def serve_command(
                               max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                               max_num_batched_tokens=max_num_batched_tokens,
                               enable_prefix_caching=not no_prefix_caching,
-                              attention_kernels=attention_kernels, decode_graphs=decode_graphs,
+                              attention_kernels=attention_kernels, cuda_graphs=cuda_graphs,
                               async_scheduling=async_scheduling)
         # Everything that cannot run (device, kernels, model files) fails here, before the
         # server listens: it never reports healthy with an engine that cannot serve.
@@ -97,7 +100,7 @@ async def _serve(server, drain_timeout: float | None) -> None:
     engine = server.engine
     typer.echo(f"aisp serve: {server.served_model_name} ({engine.device}, max_model_len "
                f"{engine.max_model_len:,}: {engine.max_model_len_reason}) listening on "
-               f"http://{server.host}:{port}")
+               f"http://{server.host}:{port}; {engine.graph_summary()}")
     await stop.wait()
     typer.echo(f"aisp serve: draining {server.async_engine.num_inflight} in-flight request(s)")
     await server.stop(drain=True, timeout=drain_timeout)

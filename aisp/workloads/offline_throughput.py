@@ -51,7 +51,9 @@ def _free() -> None:
 VARIANTS: dict[str, dict] = {
     "default": {},
     "sync": {"async_scheduling": "off"},     # host planning between GPU steps, not during them
-    "eager": {"decode_graphs": "off"},       # decode steps launched op by op from Python
+    "eager": {"cuda_graphs": "none"},        # every step launched op by op from Python
+    "full": {"cuda_graphs": "full"},         # whole-step graphs for decode-only steps only
+    "piecewise": {"cuda_graphs": "piecewise"},  # the dense pieces of every step, attention eager
 }
 
 

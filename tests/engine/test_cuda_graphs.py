@@ -16,8 +16,9 @@ def test_bucket_sizes():
 def test_cuda_graphs_need_a_gpu_or_say_so():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(ValueError, match="decode_graphs='cuda' needs a CUDA device"):
-        LLMEngine(EngineConfig(model="tiny", device="cpu", decode_graphs="cuda"))
+    with pytest.raises(ValueError, match="cuda_graphs='full' captures CUDA graphs, but this "
+                                         "engine runs on cpu"):
+        LLMEngine(EngineConfig(model="tiny", device="cpu", cuda_graphs="full"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -26,8 +27,8 @@ def test_graph_replay_matches_eager_on_gpu(model):
     prompts = [[(7 * i + j) % 200 + 3 for j in range(n)] for i, n in enumerate((5, 31, 17, 64, 2))]
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     cfg = dict(model=model, dtype="float32", max_num_seqs=8)
-    eager = LLMEngine(EngineConfig(decode_graphs="off", **cfg)).generate(prompts, params)
-    graphed_engine = LLMEngine(EngineConfig(decode_graphs="cuda", **cfg))
+    eager = LLMEngine(EngineConfig(cuda_graphs="none", **cfg)).generate(prompts, params)
+    graphed_engine = LLMEngine(EngineConfig(cuda_graphs="full", **cfg))
     assert graphed_engine.runner.decode_graphs.captured
     graphed = graphed_engine.generate(prompts, params)
     assert [o.output_token_ids for o in graphed] == [o.output_token_ids for o in eager]

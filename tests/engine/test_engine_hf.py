@@ -134,7 +134,30 @@ def test_padded_graph_buffers_give_the_same_tokens(checkpoint, scheduling):
     padding rows must not write KV or disturb real rows, for every bucket size crossed."""
     folder, model = checkpoint
     prompts = _prompts(6, lengths=(5, 9, 17, 3, 11))
-    outs = engine(folder, decode_graphs="buffers", max_num_seqs=8,
+    outs = engine(folder, cuda_graphs="full", graph_capture="off", max_num_seqs=8,
                   async_scheduling=scheduling).generate(prompts, GREEDY)
     for prompt, out in zip(prompts, outs):
         assert list(out.output_token_ids) == hf_greedy(model, prompt)
+
+
+@pytest.mark.parametrize("mode", ["piecewise", "full_and_piecewise"])
+def test_piecewise_graph_pieces_give_hf_tokens(checkpoint, mode):
+    """Every step through the padded pieces (run eagerly here: graph_capture off) under a small
+    token budget (mixed prefill + decode steps), a tight KV cache (preemption) and a shared
+    prefix (cache hits), async: the same greedy tokens as HF, through the paths the mode names."""
+    folder, model = checkpoint
+    shared = _prompts(7, lengths=(9,))[0]
+    prompts = [shared + p for p in _prompts(8, lengths=(11, 2, 14, 7))]
+    eng = engine(folder, cuda_graphs=mode, graph_capture="off", block_size=4, num_kv_blocks=16,
+                 max_num_batched_tokens=12, max_num_seqs=4, async_scheduling="on")
+    paths, mixed, preempted = [], [], []
+    eng.step_listeners.append(lambda s: (paths.append(s.graph_path), preempted.append(
+        s.scheduler.num_preemptions), mixed.append(s.scheduler.num_prefill_tokens > 0
+                                                    and s.scheduler.num_decode_tokens > 0)))
+    outs = eng.generate(prompts, GREEDY)
+    for prompt, out in zip(prompts, outs):
+        assert list(out.output_token_ids) == hf_greedy(model, prompt)
+    assert any(m and p == "piecewise" for m, p in zip(mixed, paths)), paths
+    assert "eager" not in paths, paths    # every step fits the 12-token bucket range
+    assert ("full" in paths) == (mode == "full_and_piecewise"), paths
+    assert sum(preempted) > 0 and eng.block_manager.num_free_blocks == 16

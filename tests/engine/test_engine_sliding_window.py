@@ -131,7 +131,7 @@ def test_chunked_prefill_and_prefix_cache_match_hf(checkpoint):
     shared = prompts(1, (24,))[0]
     first = prompts(2, (27, 6, 14))
     rest = [shared + tail for tail in prompts(3, (5, 11))]
-    eng = engine(folder, max_num_batched_tokens=7, decode_graphs="buffers", max_num_seqs=4)
+    eng = engine(folder, max_num_batched_tokens=7, cuda_graphs="full", graph_capture="off", max_num_seqs=4)
     mixed = []
     eng.step_listeners.append(lambda s: mixed.append(
         s.scheduler.num_prefill_tokens > 0 and s.scheduler.num_decode_tokens > 0))
@@ -151,7 +151,7 @@ def test_triton_kernels_through_the_engine_match_hf(checkpoint):
     ps = prompts(4, (21, 9))
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
     outs = engine(folder, attention_kernels="triton", max_num_batched_tokens=16,
-                  decode_graphs="buffers", max_num_seqs=2).generate(ps, params)
+                  cuda_graphs="full", graph_capture="off", max_num_seqs=2).generate(ps, params)
     for p, out in zip(ps, outs):
         assert list(out.output_token_ids) == hf_generate(model, p, 4), f"{family}: prompt of {len(p)}"
 
@@ -162,7 +162,7 @@ def test_cuda_graphs_and_triton_match_hf(checkpoint):
     kernels' ieee dots), prompts up to 100 tokens (12 windows), against HF on the CPU."""
     family, folder, model = checkpoint
     ps = prompts(5, (100, 19, 57, 3))
-    eng = engine(folder, device="cuda", attention_kernels="triton", decode_graphs="cuda",
+    eng = engine(folder, device="cuda", attention_kernels="triton", cuda_graphs="full",
                  max_num_batched_tokens=32, max_num_seqs=4, block_size=16, num_kv_blocks=64)
     assert eng.runner.decode_graphs is not None and eng.runner.decode_graphs.captured
     outs = eng.generate(ps, GREEDY)
