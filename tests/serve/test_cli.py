@@ -44,7 +44,7 @@ def test_serve_help_lists_the_options():
     for flag in ("--model", "--host", "--port", "--api-key", "--served-model-name", "--device",
                  "--dtype", "--max-num-seqs", "--max-num-batched-tokens", "--max-model-len",
                  "--block-size", "--num-kv-blocks", "--no-prefix-caching", "--attention-kernels",
-                 "--decode-graphs", "--async-scheduling"):
+                 "--cuda-graphs", "--async-scheduling"):
         assert flag in r.output, flag
     assert "127.0.0.1" in r.output
 
