@@ -145,17 +145,14 @@ class ModelRunner:
         return self.model(input_ids, positions, attn), "eager"
 
     @torch.inference_mode()
-    def launch(self, plan: SchedulerOutput) -> SampledTokens:
-        for rid in (*plan.finished_request_ids,):
-            self.generators.pop(rid, None)
-        scheduled = plan.scheduled_requests
-        if not scheduled:
-            return SampledTokens((), graph_path="idle")
-        decodes = [s for s in scheduled if s.is_decode]
-        prefills = [s for s in scheduled if not s.is_decode]
+    def logits(self, plan: SchedulerOutput) -> tuple[torch.Tensor | None,
+                                                      list[ScheduledRequest], str]:
+        """One forward pass of the plan and the float32 logits of the rows that sample: the last
+        token of each chunk that completes its sequence. Returns (logits or None when no row
+        samples, the sampling requests in row order, the graph path taken)."""
+        decodes = [s for s in plan.scheduled_requests if s.is_decode]
+        prefills = [s for s in plan.scheduled_requests if not s.is_decode]
         hidden, path = self._forward(decodes, prefills)
-
-        # The last token of each chunk that completes its sequence gives that request's logits.
         sampling: list[ScheduledRequest] = []
         rows: list[int] = []
         offset = 0
@@ -165,8 +162,19 @@ class ModelRunner:
                 sampling.append(s)
                 rows.append(offset - 1)
         if not sampling:
+            return None, sampling, path
+        return self.model.compute_logits(hidden[to_device(rows, torch.int64, self.device)]), \
+            sampling, path
+
+    @torch.inference_mode()
+    def launch(self, plan: SchedulerOutput) -> SampledTokens:
+        for rid in (*plan.finished_request_ids,):
+            self.generators.pop(rid, None)
+        if not plan.scheduled_requests:
+            return SampledTokens((), graph_path="idle")
+        logits, sampling, path = self.logits(plan)
+        if logits is None:
             return SampledTokens((), graph_path=path)
-        logits = self.model.compute_logits(hidden[to_device(rows, torch.int64, self.device)])
         gens = []
         for s in sampling:
             if s.request_id not in self.generators:
