@@ -4,7 +4,7 @@
 
 With no --url it serves the embedded default model in-process on 127.0.0.1 (the `tiny` preset on
 a CPU, the `llama-3-8b` preset with random weights on a GPU; --serve-model picks another preset
-or an HF folder), runs a closed-loop load against it for --duration seconds after a warm-up, and
+or an HF folder, --cuda-graphs the engine's graph mode), runs a closed-loop load against it for --duration seconds after a warm-up, and
 prints latency percentiles, throughput, goodput and the stability verdict; artifacts (JSON,
 per-request CSV, plots) go to artifacts/loadtest_<time>/. With --url it targets any running
 OpenAI-compatible server instead (ours, vLLM, SGLang). Every other flag is `aisp loadtest`'s.
@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
 
     args = list(argv)
     serve_model = _pop(args, "--serve-model")
+    cuda_graphs = _pop(args, "--cuda-graphs") or "auto"   # the served engine's graph mode
     app = typer.Typer(add_completion=False)
     app.callback()(lambda: None)  # keep `loadtest` a subcommand (one command would become the root)
     register(app)
@@ -64,6 +65,9 @@ def main(argv: list[str]) -> None:
     if _has(args, "--url"):
         if serve_model:
             raise SystemExit("--serve-model starts a local server; it cannot be combined with --url")
+        if cuda_graphs != "auto":
+            raise SystemExit("--cuda-graphs sets the local server's engine; it cannot be combined "
+                             "with --url")
         app(["loadtest", *args], prog_name="inference_server_load_test.py")
         return
 
@@ -83,13 +87,14 @@ def main(argv: list[str]) -> None:
     if not _has(args, "--workload", "--output-len"):
         defaults += ["--output-len", "16:384" if gpu else "8:48"]
     print(f"starting the server in-process: {model} on {'cuda' if gpu else 'cpu'} ...", flush=True)
-    server = start_server(EngineConfig(model=model), host="127.0.0.1", port=0)
+    server = start_server(EngineConfig(model=model, cuda_graphs=cuda_graphs), host="127.0.0.1",
+                          port=0)
     try:
         engine = server.engine
         if not _has(args, "--vocab-size"):
             defaults += ["--vocab-size", str(engine.model_config.vocab_size)]
         print(f"serving at {server.url}: {engine.kv_cache!r}, max_model_len "
-              f"{engine.max_model_len:,}", flush=True)
+              f"{engine.max_model_len:,}; {engine.graph_summary()}", flush=True)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         rc = subprocess.run([sys.executable, "-m", "cli.aisp", "loadtest", "--url", server.url,
