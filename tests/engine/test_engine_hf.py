@@ -124,7 +124,10 @@ def test_triton_kernels_through_the_engine(checkpoint):
     prompts = _prompts(5, lengths=(6, 3))
     params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
     ref = engine(folder, attention_kernels="torch").generate(prompts, params)
-    tri = engine(folder, attention_kernels="triton", block_size=4).generate(prompts, params)
+    # The interpreter needs the CPU; with a GPU present the same kernels run compiled there.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tri = LLMEngine(EngineConfig(model=str(folder), device=device, dtype="float32",
+                                 attention_kernels="triton", block_size=4)).generate(prompts, params)
     assert [o.output_token_ids for o in tri] == [o.output_token_ids for o in ref]
 
 

@@ -150,7 +150,9 @@ def test_triton_kernels_through_the_engine_match_hf(checkpoint):
     family, folder, model = checkpoint
     ps = prompts(4, (21, 9))
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
-    outs = engine(folder, attention_kernels="triton", max_num_batched_tokens=16,
+    # The interpreter needs the CPU; with a GPU present the same kernels run compiled there.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    outs = engine(folder, device=device, attention_kernels="triton", max_num_batched_tokens=16,
                   cuda_graphs="full", graph_capture="off", max_num_seqs=2).generate(ps, params)
     for p, out in zip(ps, outs):
         assert list(out.output_token_ids) == hf_generate(model, p, 4), f"{family}: prompt of {len(p)}"
