@@ -115,19 +115,23 @@ def test_prefix_cache_changes_no_output_and_hits(checkpoint, scheduling):
 def test_triton_kernels_through_the_engine(checkpoint):
     """The Triton path (interpreter on CPU) gives the torch path's tokens."""
     folder, model = checkpoint
+    # The interpreter needs the CPU; with a GPU present the same kernels run compiled there.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def triton_engine(**kw) -> LLMEngine:
+        return LLMEngine(EngineConfig(model=str(folder), device=device, dtype="float32",
+                                      attention_kernels="triton", **kw))
+
     head_dim = getattr(model.config, "head_dim", None) or \
         model.config.hidden_size // model.config.num_attention_heads
     if head_dim < 16:  # Mistral's test model: the kernel's tl.dot needs >= 16
         with pytest.raises(ValueError, match="head_dim is 8; use 'auto' or 'torch'"):
-            engine(folder, attention_kernels="triton")
+            triton_engine()
         return
     prompts = _prompts(5, lengths=(6, 3))
     params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
     ref = engine(folder, attention_kernels="torch").generate(prompts, params)
-    # The interpreter needs the CPU; with a GPU present the same kernels run compiled there.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tri = LLMEngine(EngineConfig(model=str(folder), device=device, dtype="float32",
-                                 attention_kernels="triton", block_size=4)).generate(prompts, params)
+    tri = triton_engine(block_size=4).generate(prompts, params)
     assert [o.output_token_ids for o in tri] == [o.output_token_ids for o in ref]
 
 
