@@ -26,8 +26,9 @@ def test_real_cpu_workload_scales_with_size():
     a_small, a_big = torch.randn(64, 64), torch.randn(512, 512)
     small = time_callable(lambda: a_small @ a_small, iterations=15, warmup=2, device=torch.device("cpu"))
     big = time_callable(lambda: a_big @ a_big, iterations=15, warmup=2, device=torch.device("cpu"))
-    # 512x more FLOPs: the medians must order correctly even on a busy machine.
-    assert big.median_ms > small.median_ms
+    # 512x more FLOPs: the fastest samples must order correctly even on a busy machine (the
+    # minimum is what interference from other processes cannot lower).
+    assert big.min_ms > small.min_ms
 
 
 @pytest.mark.parametrize("q", [0, 10, 50, 90, 100])
