@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from aisp.hardware import parse_device
+from aisp.model.compile import check_compile_mode
 
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -40,6 +41,7 @@ class EngineConfig:
     attention_kernels: str = "auto"          # auto | triton | torch (reference twins)
     decode_graphs: str = "auto"              # auto (cuda on a GPU, else off) | cuda | buffers | off
     async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
+    compile: str = "none"                    # none | regional (each layer's halves) | full (aisp.model.compile)
 
     def __post_init__(self) -> None:
         if self.device:
@@ -55,6 +57,7 @@ class EngineConfig:
         if self.async_scheduling not in ("auto", "on", "off"):
             raise ValueError(f"async_scheduling '{self.async_scheduling}' unknown; choose auto, on "
                              f"(plan the next step while the GPU runs this one) or off")
+        check_compile_mode(self.compile)
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

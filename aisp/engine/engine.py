@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from aisp.engine.block_manager import BlockManager
+from aisp.engine.compile_warmup import compile_for_engine
 from aisp.engine.config import EngineConfig
 from aisp.engine.cuda_graphs import DecodeGraphs
 from aisp.engine.kv_cache import KVCache, KVCacheSpec
@@ -145,6 +146,8 @@ class LLMEngine:
                             kv_cache_watermark=config.kv_cache_watermark),
             self.block_manager, eos_token_ids=eos)
         self.model.set_elementwise_kernels(kernels)  # fused norm/RoPE/SiLU beside Triton attention
+        # --compile: compiled here, before any graph capture, and warmed up so steps never compile.
+        self.compile_info = compile_for_engine(self.model, config.compile, self.kv_cache, kernels)
         graphs = None if graph_mode == "off" else DecodeGraphs(
             self.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.device,
             kernels, capture=graph_mode == "cuda")
