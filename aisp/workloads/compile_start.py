@@ -79,7 +79,7 @@ def _child(spec: StartSpec, spawned_at: float) -> dict[str, Any]:
 
     from aisp.engine.config import DTYPES, EngineConfig
     from aisp.harness.timing import time_callable
-    from aisp.model.compile import CompileWatch, apply_compile, compiled_graphs
+    from aisp.model.compile import CompileWatch, apply_compile, recompiles
     from aisp.model.presets import build_synthetic, get_preset
     from aisp.workloads.model_step import StepShape, build_step
 
@@ -122,7 +122,7 @@ def _child(spec: StartSpec, spawned_at: float) -> dict[str, Any]:
                 report["steps"][StepShape(*shape).label] = {
                     "num_tokens": StepShape(*shape).num_tokens, "median_ms": stats.median_ms,
                     "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms}
-            report["recompiles"] = compiled_graphs(model, info) - info.graphs if info.compiled else 0
+            report["recompiles"] = recompiles(model, info) if info.compiled else 0
     return report
 
 

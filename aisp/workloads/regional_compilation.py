@@ -133,7 +133,8 @@ class RegionalCompilationBenchmark:
             "compile": self.mode, "regions": list(info.regions),
             "elementwise_kernels": info.elementwise_kernels, "attention_kernels": self.kernels,
             "in_process_first_forward_s": info.compile_s, "in_process_cache": info.cache,
-            "graphs": compiled_graphs_of(self.model),
+            "graphs": compiled_graphs_of(self.model),   # process-wide, per region
+            "graphs_compiled_in_setup": info.graphs_compiled,
             "recompiles_after_warmup": recompiles(self.model, info),
             "model": f"{self.workload.model} ({self._config().num_hidden_layers} layers)",
         }
