@@ -60,6 +60,14 @@ def measured_start(spec: StartSpec) -> dict[str, dict[str, Any]]:
     return cold_and_warm_start(spec)
 
 
+# ‖logits − float64‖ / ‖float64‖ of an eager bf16 step at llama-3-8b shapes, measured on the CPU
+# (2026-12-01, StepShape(8, 64, 1, 8)): 0.8% at 1 layer, 1.5% at 4, 2.2% at 8, 3.2% at 16 —
+# bf16 rounding of a random-weight residual stream, growing ~sqrt(layers), so ~4.6% at 32:
+# above the harness's generic bf16 2e-2. Compiled code rounds elsewhere (Inductor keeps fused
+# intermediates in float32), hence the margin; a wrong mask or KV history lands near 1.
+TOLERANCES = {torch.bfloat16: 8e-2}
+
+
 class RegionalCompilationBenchmark:
     def __init__(self, workload: CompileWorkload, shape: StepShape, mode: str, name: str,
                  measure_start: bool = True):
@@ -80,6 +88,7 @@ class RegionalCompilationBenchmark:
             sizes=dict(model=w.model, num_layers=w.num_layers or get_preset(w.model).num_hidden_layers,
                        **self.shape.to_dict()),
             dtype=str(self.dtype).replace("torch.", ""),
+            tolerance=TOLERANCES.get(self.dtype),
             notes="steady-state step time; the gain of regional compilation is cold start "
                   "(details: cold_start_s, warm_start_s)")
 
