@@ -73,7 +73,7 @@ def _attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_idx
 
 
 class OpaqueAttention:
-    """An `AttentionBackend` that calls `aisp::attention`: the real backend comes from the context."""
+    """An `AttentionBackend` calling `aisp::attention`: the real backend comes from the context."""
 
     def forward(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 sliding_window: int | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`torch.compile` of a decoder: none, regional (the layer's two halves) or full (the whole forward).
+"""`torch.compile` of a decoder: none, regional (each layer's two halves) or full (the forward).
 
 Contract:
 - `apply_compile(model, mode) -> CompileInfo` for mode in COMPILE_MODES, in place, once per
@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass
+from types import CodeType
 
 import torch
 
@@ -60,9 +61,9 @@ class CompileInfo:
     mode: str                                # none | regional | full
     regions: tuple[str, ...] = ()            # the compiled functions
     elementwise_kernels: str | None = None   # what the compiled code runs (None: mode none)
-    compile_s: float | None = None           # the warm-up forwards, compile included (None: not run)
-    cache: str = "n/a"                       # what those forwards found (CompileWatch.verdict)
-    graphs: int = 0                          # graphs of its regions after that warm-up (process-wide)
+    compile_s: float | None = None           # the warm-up forwards, compile included; None: not run
+    cache: str = "n/a"                       # what those forwards found (see CompileWatch)
+    graphs: int = 0                          # graphs of its regions after warm-up, process-wide
     graphs_compiled: int = 0                 # of which the warm-up compiled (0: found in memory)
     cache_hits: int = 0                      # Inductor FX graph cache hits in the warm-up
     cache_misses: int = 0
@@ -146,7 +147,8 @@ def apply_compile(model: LlamaForCausalLM, mode: str) -> CompileInfo:
     else:
         body = _Region(_full_forward)
 
-        def forward(input_ids: torch.Tensor, positions: torch.Tensor, attn) -> torch.Tensor:  # noqa: ANN001
+        def forward(input_ids: torch.Tensor, positions: torch.Tensor,
+                    attn) -> torch.Tensor:  # noqa: ANN001
             with attention_context(attn):
                 return body(model, input_ids, positions)
 

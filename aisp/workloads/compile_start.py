@@ -2,7 +2,7 @@
 
     python -m aisp.workloads.compile_start --model llama-3-8b [--modes none,full,regional]
         [--layers N] [--decode-batch 64] [--context-len 512] [--prefill 2x128]
-        [--iterations 20] [--json PATH]
+        [--iterations 20] [--json PATH [--append]]
 
 What one start is (`run_start(spec, cache_dir)`): a new Python process, with
 `TORCHINDUCTOR_CACHE_DIR` (and `TRITON_CACHE_DIR` under it) pointed at `cache_dir`, imports
@@ -132,9 +132,9 @@ def run_start(spec: StartSpec, cache_dir: Path | str, timeout_s: float = 1800) -
     """One start in a fresh child process whose compile caches live in `cache_dir`."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # this checkout's aisp
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir),
-               TRITON_CACHE_DIR=str(cache_dir / "triton"),
-               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+               TRITON_CACHE_DIR=str(cache_dir / "triton"), PYTHONPATH=os.pathsep.join(path))
     spawned = time.time()
     proc = subprocess.run([sys.executable, "-m", "aisp.workloads.compile_start", "--child",
                            spec.to_json(), "--spawned-at", repr(spawned)],
@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill", default="2x128", help="NUMxLEN prefill chunks of the mixed step")
     p.add_argument("--iterations", type=int, default=20, help="timed steps per shape (warm child)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--append", action="store_true",
+                   help="keep the other modes' rows already in --json (same model and shapes), "
+                        "so modes can run as separate commands and still print one table")
     args = p.parse_args(argv)
     if args.child:
         report = _child(StartSpec.from_json(args.child), args.spawned_at or time.time())
@@ -223,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     shapes = ((args.decode_batch, args.context_len, 0, 0),
               (args.decode_batch, args.context_len, num_prefills, prefill_len))
     rows = []
+    if args.append and args.json and args.json.exists():
+        old = json.loads(args.json.read_text())
+        if (old["model"], old["device"], old["dtype"], old.get("shapes")) != \
+                (args.model, device, dtype, [list(s) for s in shapes]):
+            raise SystemExit(f"--append: {args.json} holds another model, device, dtype or step "
+                             f"shapes; use another --json")
+        rows = [r for r in old["rows"] if r["mode"] not in args.modes.split(",")]
     for mode in args.modes.split(","):
         spec = StartSpec(model=args.model, mode=mode, device=device, dtype=dtype,
                          num_layers=args.layers, shapes=shapes, time_iterations=args.iterations)
@@ -238,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "device": device, "dtype": dtype,
-                                         "num_layers": layers, "rows": rows}, indent=2))
+                                         "shapes": shapes, "num_layers": layers, "rows": rows},
+                                        indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -1,4 +1,4 @@
-"""One real engine step outside the engine: a flattened batch, a filled paged KV cache, its metadata.
+"""One real engine step outside the engine: a flattened batch, a filled paged KV cache, metadata.
 
     step = build_step(StepShape(num_decodes=64, context_len=512, num_prefills=2,
                                 prefill_len=128), model.config, device, dtype)
@@ -123,7 +123,8 @@ def build_step(shape: StepShape, config: ModelConfig, device: torch.device, dtyp
 
     def table(rows: list[list[int]]) -> torch.Tensor:
         width = max((len(r) for r in rows), default=1)
-        return torch.tensor([r + [0] * (width - len(r)) for r in rows], **i32).reshape(len(rows), width)
+        padded = [r + [0] * (width - len(r)) for r in rows]
+        return torch.tensor(padded, **i32).reshape(len(rows), width)
 
     qsl = [i * s.prefill_len for i in range(s.num_prefills + 1)]
     meta = AttentionMetadata(
@@ -156,7 +157,8 @@ def _attend(step: Step, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: tor
     """Store the step's K/V into a float64 copy of the layer's cache, then each sequence's
     queries attend to its keys at positions <= their own (and > position - window)."""
     s, bs = step.shape, step.shape.block_size
-    k_cache, v_cache = (t.to(q.dtype, copy=True).flatten(0, 1) for t in step.kv_cache.layer(layer_idx))
+    k_cache, v_cache = (t.to(q.dtype, copy=True).flatten(0, 1)
+                        for t in step.kv_cache.layer(layer_idx))
     slots = step.metadata.slot_mapping
     k_cache[slots], v_cache[slots] = k, v
     m = step.metadata
@@ -198,7 +200,8 @@ def reference_logits(model: LlamaForCausalLM, step: Step) -> torch.Tensor:
         k = k.reshape(num_tokens, a.num_kv_heads, a.head_dim)
         v = v.reshape(num_tokens, a.num_kv_heads, a.head_dim)
         if a.q_norm is not None:
-            q, k = _rms(q, a.q_norm.weight, cfg.rms_norm_eps), _rms(k, a.k_norm.weight, cfg.rms_norm_eps)
+            eps = cfg.rms_norm_eps
+            q, k = _rms(q, a.q_norm.weight, eps), _rms(k, a.k_norm.weight, eps)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         attn = _attend(step, i, q, k, v, a.sliding_window)
         x = x + _linear(attn.reshape(num_tokens, -1), a.o_proj)

@@ -49,7 +49,8 @@ class CompileWorkload:
 
 
 GPU_WORKLOAD = CompileWorkload("llama-3-8b", None,
-                               (StepShape(64, 512), StepShape(64, 512, num_prefills=2, prefill_len=128)))
+                               (StepShape(64, 512),
+                                StepShape(64, 512, num_prefills=2, prefill_len=128)))
 CPU_WORKLOAD = CompileWorkload("tiny", None,
                                (StepShape(4, 24), StepShape(4, 24, num_prefills=2, prefill_len=6)))
 
@@ -60,7 +61,7 @@ def measured_start(spec: StartSpec) -> dict[str, dict[str, Any]]:
     return cold_and_warm_start(spec)
 
 
-# ‖logits − float64‖ / ‖float64‖ of an eager bf16 step at llama-3-8b shapes, measured on the CPU
+# ‖logits − float64‖ / ‖float64‖ of an eager bf16 step at llama-3-8b shapes, measured on a CPU
 # (2026-12-01, StepShape(8, 64, 1, 8)): 0.8% at 1 layer, 1.5% at 4, 2.2% at 8, 3.2% at 16 —
 # bf16 rounding of a random-weight residual stream, growing ~sqrt(layers), so ~4.6% at 32:
 # above the harness's generic bf16 2e-2. Compiled code rounds elsewhere (Inductor keeps fused
@@ -85,7 +86,8 @@ class RegionalCompilationBenchmark:
         w = self.workload
         return BenchmarkConfig(
             iterations=self._iterations, warmup=self._warmup,
-            sizes=dict(model=w.model, num_layers=w.num_layers or get_preset(w.model).num_hidden_layers,
+            sizes=dict(model=w.model,
+                       num_layers=w.num_layers or get_preset(w.model).num_hidden_layers,
                        **self.shape.to_dict()),
             dtype=str(self.dtype).replace("torch.", ""),
             tolerance=TOLERANCES.get(self.dtype),
