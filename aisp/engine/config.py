@@ -41,7 +41,7 @@ class EngineConfig:
     attention_kernels: str = "auto"          # auto | triton | torch (reference twins)
     decode_graphs: str = "auto"              # auto (cuda on a GPU, else off) | cuda | buffers | off
     async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
-    compile: str = "none"                    # none | regional (each layer's halves) | full (aisp.model.compile)
+    compile: str = "none"                    # none | regional | full (aisp.model.compile)
 
     def __post_init__(self) -> None:
         if self.device:
