@@ -334,6 +334,9 @@ def generate_command(
     async_scheduling: str = typer.Option("auto", "--async-scheduling",
                                          help="auto (on for a GPU), on or off: plan the next "
                                               "step while the GPU runs this one."),
+    compile: str = typer.Option("none", "--compile",
+                                help="none, regional (each decoder layer's two halves, one "
+                                     "compiled region for all layers) or full (the whole model)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write summary + outputs here."),
 ) -> None:
     """Offline generation through the engine, with a progress bar and a throughput summary."""
@@ -356,7 +359,7 @@ def generate_command(
                            max_num_batched_tokens=max_num_batched_tokens,
                            enable_prefix_caching=not no_prefix_caching,
                            attention_kernels=attention_kernels, cuda_graphs=cuda_graphs,
-                           async_scheduling=async_scheduling)
+                           async_scheduling=async_scheduling, compile=compile)
         params = SamplingParams(max_tokens=output_len, temperature=temperature, top_p=top_p,
                                 top_k=top_k, seed=seed if temperature > 0 else None,
                                 ignore_eos=ignore_eos)
@@ -370,7 +373,9 @@ def generate_command(
         raise typer.Exit(2)
     console.print(escape(f"{model} on {engine.device} ({str(engine.dtype).replace('torch.', '')}),"
                          f" {engine.kv_cache!r}, max_model_len {engine.max_model_len:,}"
-                         f" ({engine.max_model_len_reason}); {engine.graph_summary()}"),
+                         f" ({engine.max_model_len_reason}); {engine.graph_summary()}"
+                         + (f"; {engine.compile_info.summary()}" if engine.compile_info.compiled
+                            else "")),
                   highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

@@ -132,3 +132,8 @@ def test_generate_names_a_damaged_model_file(tiny_folder, tmp_path, name, damage
     out = " ".join(r.output.split())   # rich wraps long lines
     named = folder / name if (folder / name).exists() else folder   # the file, or its folder
     assert str(named) in out and words in out, r.output
+
+
+def test_generate_refuses_an_unknown_compile_mode():
+    r = CliRunner().invoke(app, ["generate", "--prompt", "x", "--compile", "max", "--device", "cpu"])
+    assert r.exit_code == 2 and "choose one of none, regional, full" in r.output

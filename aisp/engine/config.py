@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from aisp.hardware import parse_device
+from aisp.model.compile import check_compile_mode
 
 @dataclass(frozen=True)
 class GraphMode:
@@ -61,6 +62,7 @@ class EngineConfig:
     graph_capture: str = "auto"              # auto (capture on a GPU) | off: graph paths run eagerly on their buffers
     cuda_graph_max_tokens: int | None = None  # largest piecewise bucket; None: max_num_batched_tokens
     async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
+    compile: str = "none"                    # none | regional | full (aisp.model.compile)
 
     def __post_init__(self) -> None:
         if self.device:
@@ -80,6 +82,7 @@ class EngineConfig:
         if self.async_scheduling not in ("auto", "on", "off"):
             raise ValueError(f"async_scheduling '{self.async_scheduling}' unknown; choose auto, on "
                              f"(plan the next step while the GPU runs this one) or off")
+        check_compile_mode(self.compile)
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

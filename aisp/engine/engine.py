@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from aisp.engine.block_manager import BlockManager
+from aisp.engine.compile_warmup import compile_for_engine
 from aisp.engine.config import EngineConfig
 from aisp.engine.cuda_graphs import DecodeGraphs
 from aisp.engine.piecewise_graphs import PiecewiseGraphs
@@ -125,6 +126,11 @@ class LLMEngine:
         # Switches that cannot run here fail now, before the weights are read.
         kernels = config.resolve_kernels(self.device, source.config.head_dim)
         graph_mode = config.resolve_cuda_graphs(self.device, kernels)
+        if config.compile == "full" and graph_mode.piecewise:
+            raise ValueError(f"compile='full' compiles the whole forward, which piecewise graphs "
+                             f"never call (they run the layers' halves), but cuda_graphs is "
+                             f"'{graph_mode.name}'; use compile='regional' (the halves, which "
+                             f"piecewise graphs capture), or cuda_graphs='full' or 'none'")
         self.model, self.model_config = source.load(self.device, self.dtype, config.seed)
         try:
             self.tokenizer = source.tokenizer()
@@ -147,6 +153,8 @@ class LLMEngine:
                             kv_cache_watermark=config.kv_cache_watermark),
             self.block_manager, eos_token_ids=eos)
         self.model.set_elementwise_kernels(kernels)  # fused norm/RoPE/SiLU beside Triton attention
+        # --compile: compiled here, before any graph capture, and warmed up so steps never compile.
+        self.compile_info = compile_for_engine(self.model, config.compile, self.kv_cache, kernels)
         self.graph_mode = graph_mode
         # One memory pool for every graph; piecewise first, largest buckets first (see each).
         pool = torch.cuda.graph_pool_handle() if graph_mode.capture else None

@@ -59,6 +59,9 @@ def serve_command(
     async_scheduling: str = typer.Option("auto", "--async-scheduling",
                                          help="auto (on for a GPU), on or off: plan the next "
                                               "step while the GPU runs this one."),
+    compile: str = typer.Option("none", "--compile",
+                                help="none, regional (each decoder layer's two halves, one "
+                                     "compiled region for all layers) or full (the whole model)."),
     drain_timeout: Optional[float] = typer.Option(None, "--drain-timeout", min=0,
                                                   help="On SIGTERM, abort requests still running "
                                                        "after this many seconds (default: wait)."),
@@ -76,7 +79,7 @@ def serve_command(
                               max_num_batched_tokens=max_num_batched_tokens,
                               enable_prefix_caching=not no_prefix_caching,
                               attention_kernels=attention_kernels, cuda_graphs=cuda_graphs,
-                              async_scheduling=async_scheduling)
+                              async_scheduling=async_scheduling, compile=compile)
         # Everything that cannot run (device, kernels, model files) fails here, before the
         # server listens: it never reports healthy with an engine that cannot serve.
         engine = LLMEngine(config)
@@ -100,7 +103,8 @@ async def _serve(server, drain_timeout: float | None) -> None:
     engine = server.engine
     typer.echo(f"aisp serve: {server.served_model_name} ({engine.device}, max_model_len "
                f"{engine.max_model_len:,}: {engine.max_model_len_reason}) listening on "
-               f"http://{server.host}:{port}; {engine.graph_summary()}")
+               f"http://{server.host}:{port}; {engine.graph_summary()}"
+               + (f"; {engine.compile_info.summary()}" if engine.compile_info.compiled else ""))
     await stop.wait()
     typer.echo(f"aisp serve: draining {server.async_engine.num_inflight} in-flight request(s)")
     await server.stop(drain=True, timeout=drain_timeout)

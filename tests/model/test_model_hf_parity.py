@@ -89,3 +89,22 @@ def test_tied_checkpoint_has_no_lm_head(family, tmp_path, make_hf_model) -> None
     model, config = load_model(tmp_path, "cpu", torch.float32)
     assert config.tie_word_embeddings and model.lm_head is None
     assert torch.equal(model.lm_head_weight, hf.get_input_embeddings().weight)
+
+
+@pytest.mark.parametrize("mode", ["regional", "full"])
+def test_compiled_packed_logits_match_hf(make_hf_model, tmp_path, mode) -> None:
+    """torch.compile changes no logit beyond float32 rounding (aisp.model.compile)."""
+    from aisp.model.compile import apply_compile
+
+    hf = make_hf_model("llama")
+    hf.save_pretrained(tmp_path)
+    model, config = load_model(tmp_path, "cpu", torch.float32)
+    apply_compile(model, mode)
+    gen = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, config.vocab_size, (n,), generator=gen) for n in SEQ_LENS]
+    for seq, got in zip(seqs, packed_logits(model, seqs)):
+        with torch.no_grad():
+            want = hf(seq[None]).logits[0].float()
+        scale = want.abs().max().item()
+        err = (got - want).abs().max().item()
+        assert err < 1e-4 * scale, f"{mode}: max abs diff {err:.2e} vs logit scale {scale:.2f}"
