@@ -53,12 +53,14 @@ class DecodeGraphs:
         bs = kv_cache.block_size
         self.max_blocks = -(-max_model_len // bs)
         i64, i32 = dict(dtype=torch.int64, device=device), dict(dtype=torch.int32, device=device)
-        self.input_ids = torch.zeros(max_batch, **i64)
-        self.positions = torch.zeros(max_batch, **i64)
-        self.slot_mapping = torch.full((max_batch,), -1, **i64)
-        self.block_tables = torch.zeros(max_batch, self.max_blocks, **i32)
-        self.context_lens = torch.zeros(max_batch, **i32)
-        self._empty_i32 = torch.zeros(0, **i32)
+        # Inference tensors, like every tensor of a step: a compiled model guards on it.
+        with torch.inference_mode():
+            self.input_ids = torch.zeros(max_batch, **i64)
+            self.positions = torch.zeros(max_batch, **i64)
+            self.slot_mapping = torch.full((max_batch,), -1, **i64)
+            self.block_tables = torch.zeros(max_batch, self.max_blocks, **i32)
+            self.context_lens = torch.zeros(max_batch, **i32)
+            self._empty_i32 = torch.zeros(0, **i32)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.hidden: dict[int, torch.Tensor] = {}
         self.captured = False

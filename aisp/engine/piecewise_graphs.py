@@ -74,14 +74,16 @@ class PiecewiseGraphs:
         dtype = model.embed_tokens.weight.dtype
         t = self.max_tokens
         f = dict(dtype=dtype, device=device)
-        self.input_ids = torch.zeros(t, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(t, dtype=torch.int64, device=device)
-        self.residual = torch.zeros(t, cfg.hidden_size, **f)
-        self.hidden = torch.zeros(t, cfg.hidden_size, **f)
-        self.q = torch.zeros(t, cfg.num_attention_heads, cfg.head_dim, **f)
-        self.k = torch.zeros(t, cfg.num_key_value_heads, cfg.head_dim, **f)
-        self.v = torch.zeros_like(self.k)
-        self.attn_out = torch.zeros_like(self.q)
+        # Inference tensors, like every tensor of a step: compiled halves guard on it.
+        with torch.inference_mode():
+            self.input_ids = torch.zeros(t, dtype=torch.int64, device=device)
+            self.positions = torch.zeros(t, dtype=torch.int64, device=device)
+            self.residual = torch.zeros(t, cfg.hidden_size, **f)
+            self.hidden = torch.zeros(t, cfg.hidden_size, **f)
+            self.q = torch.zeros(t, cfg.num_attention_heads, cfg.head_dim, **f)
+            self.k = torch.zeros(t, cfg.num_key_value_heads, cfg.head_dim, **f)
+            self.v = torch.zeros_like(self.k)
+            self.attn_out = torch.zeros_like(self.q)
         self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
         self.captured = False
         self.info = CaptureInfo(0, 0, 0.0, 0)

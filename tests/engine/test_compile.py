@@ -153,3 +153,35 @@ def test_whole_model_compile_with_piecewise_graphs_is_refused():
                                          "piecewise graphs never call"):
         LLMEngine(EngineConfig(model="tiny", device="cpu", compile="full",
                                cuda_graphs="piecewise", graph_capture="off"))
+
+
+def test_regional_halves_inside_piecewise_pieces_match_hf(llama_checkpoint):
+    """The composition the issue names as the fast path: compiled halves called by the
+    piecewise pieces (run eagerly here: graph_capture off), with mixed steps, against HF."""
+    folder, hf = llama_checkpoint
+    eng = LLMEngine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                                 compile="regional", cuda_graphs="piecewise",
+                                 graph_capture="off", max_num_batched_tokens=8, block_size=4))
+    paths = []
+    eng.step_listeners.append(lambda s: paths.append(s.graph_path))
+    prompts = _prompts(3, lengths=(13, 5, 9))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        outs = eng.generate(prompts, GREEDY)
+    for prompt, out in zip(prompts, outs):
+        assert list(out.output_token_ids) == hf_greedy(hf, prompt)
+    assert set(paths) == {"piecewise"}, paths
+    assert recompiles(eng.model, eng.compile_info) == 0
+
+
+def test_whole_model_compile_inside_full_decode_graph_buffers_never_recompiles(llama_checkpoint):
+    """compile='full' with the full decode-graph path (its padded buffers run eagerly here):
+    the buffers are inference tensors like every other step input, so no guard fails."""
+    folder, hf = llama_checkpoint
+    eng = LLMEngine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                                 compile="full", cuda_graphs="full", graph_capture="off",
+                                 max_num_batched_tokens=8, block_size=4))
+    prompts = _prompts(4, lengths=(7, 3))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        outs = eng.generate(prompts, GREEDY)
+    for prompt, out in zip(prompts, outs):
+        assert list(out.output_token_ids) == hf_greedy(hf, prompt)

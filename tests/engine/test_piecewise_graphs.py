@@ -39,10 +39,10 @@ def test_padding_rows_cannot_reach_real_rows(preset):
     n = sum(seq_lens)
     ids = torch.randint(0, config.vocab_size, (n,), generator=torch.Generator().manual_seed(1))
     pos = torch.cat([torch.arange(k) for k in seq_lens])
-    for buf in (pieces.residual, pieces.attn_out, pieces.q, pieces.k, pieces.v, pieces.hidden):
-        buf.fill_(float("nan"))
     attn = VarlenCausalAttention.from_seq_lens(seq_lens)
     with torch.inference_mode():
+        for buf in (pieces.residual, pieces.attn_out, pieces.q, pieces.k, pieces.v, pieces.hidden):
+            buf.fill_(float("nan"))
         got = pieces.run(ids, pos, lambda i, q, k, v: attn.forward(i, q, k, v))
         want = model(ids, pos, attn)
     assert pieces.bucket_for(n) == 24
