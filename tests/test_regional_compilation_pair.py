@@ -6,6 +6,9 @@ import torch
 from aisp.harness.discovery import resolve_targets
 from aisp.harness.runner import RunOptions, run_pairs
 from aisp.hardware import detect
+from tests.compile_support import needs_compiler
+
+pytestmark = needs_compiler
 
 
 def test_pair_verifies_and_reports_cold_and_warm_starts():

@@ -18,6 +18,9 @@ from aisp.model.compile import (CompileWatch, apply_compile, compiled_graphs, co
 from aisp.model.presets import PRESETS, build_synthetic
 from tests.engine.test_engine_hf import GREEDY, _prompts, hf_greedy
 from tests.model.conftest import build_hf_model
+from tests.compile_support import needs_compiler
+
+pytestmark = needs_compiler
 
 
 @pytest.fixture(scope="module")

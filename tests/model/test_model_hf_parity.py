@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from aisp.model import LlamaForCausalLM, VarlenCausalAttention, load_model
+from tests.compile_support import needs_compiler
 
 SEQ_LENS = [5, 17, 1, 9]  # packed back to back; 17 crosses the llama3 band edges (4 and 16)
 
@@ -91,6 +92,7 @@ def test_tied_checkpoint_has_no_lm_head(family, tmp_path, make_hf_model) -> None
     assert torch.equal(model.lm_head_weight, hf.get_input_embeddings().weight)
 
 
+@needs_compiler
 @pytest.mark.parametrize("mode", ["regional", "full"])
 def test_compiled_packed_logits_match_hf(make_hf_model, tmp_path, mode) -> None:
     """torch.compile changes no logit beyond float32 rounding (aisp.model.compile)."""

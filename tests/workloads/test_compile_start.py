@@ -8,6 +8,9 @@ from aisp.harness.verify import compare
 from aisp.model.presets import build_synthetic
 from aisp.workloads.compile_start import StartSpec, cold_and_warm_start
 from aisp.workloads.model_step import StepShape, build_step, reference_logits
+from tests.compile_support import needs_compiler
+
+pytestmark = needs_compiler
 
 SHAPES = [StepShape(4, 24), StepShape(3, 17, num_prefills=2, prefill_len=6, block_size=4),
           StepShape(0, 0, num_prefills=1, prefill_len=9)]
