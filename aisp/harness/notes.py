@@ -56,11 +56,15 @@ def _gpu_memory(base: MemoryReport, opt: MemoryReport) -> str:
 
 
 def row_notes(row: RowResult) -> list[str]:
-    """The workload's statement of what ran (if any), then the memory numbers of both sides."""
+    """The workloads' statements of what ran (each side's, if it gives one), then the memory
+    numbers of both sides."""
     notes = []
-    workload_note = row.optimized.details.get("note")
-    if workload_note:
-        notes.append(str(workload_note))
+    base_note, opt_note = row.baseline.details.get("note"), row.optimized.details.get("note")
+    if base_note and base_note != opt_note:   # each side's own choices and costs, when it says
+        notes.append(f"baseline: {base_note}")
+    if opt_note:
+        notes.append(str(opt_note) if not base_note or base_note == opt_note
+                     else f"optimized: {opt_note}")
     base, opt = row.baseline.memory, row.optimized.memory
     if base is None or opt is None:
         return notes

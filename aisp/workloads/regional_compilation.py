@@ -158,6 +158,11 @@ class RegionalCompilationBenchmark:
             d[f"{when}_cache"] = r["cache"]
             d[f"{when}_cache_warm"] = r["cache_warm"]
             d[f"{when}_cache_dir_was_empty"] = r["cache_dir_was_empty"]
+        starts = "; ".join(f"{w} start {d[f'{w}_start_s']:.1f} s ({d[f'{w}_cache']} cache, of which "
+                           f"{d[f'{w}_first_forwards_s']:.1f} s compiling first forwards)"
+                           for w in ("cold", "warm") if f"{w}_start_s" in d)
+        d["note"] = (f"compile {self.mode}, measured in fresh child processes: {starts}; "
+                     f"{d['recompiles_after_warmup']} recompiles after warm-up")
         return d
 
     def teardown(self) -> None:

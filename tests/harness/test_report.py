@@ -24,3 +24,18 @@ def test_cpu_report_names_what_was_measured(tmp_path):
     mem = rows[0].baseline.memory
     assert f"{mem.allocs_per_run:,} allocations per run" in md and "resident-set growth" in md
     assert all(f"- note: {n}" in md for n in rows[0].notes)
+
+
+def test_row_notes_give_each_sides_own_note():
+    from aisp.harness.notes import row_notes
+    from aisp.harness.runner import RowResult, SideResult
+
+    def row(base_note, opt_note):
+        return RowResult(key="p[x]", target="ch:p", chapter="ch", label="x", workload={},
+                         baseline=SideResult("baseline_p", details={"note": base_note}),
+                         optimized=SideResult("optimized_p", details={"note": opt_note}))
+
+    assert row_notes(row("cold start 30 s", "cold start 4 s")) == [
+        "baseline: cold start 30 s", "optimized: cold start 4 s"]
+    assert row_notes(row(None, "only mine")) == ["only mine"]
+    assert row_notes(row("same", "same")) == ["same"]
