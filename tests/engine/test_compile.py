@@ -23,6 +23,17 @@ from tests.compile_support import needs_compiler
 pytestmark = needs_compiler
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test builds its own engine, but Dynamo keys its cache by code object, so the
+    compiled entries of every earlier test's model (dtype, device, architecture) pile up on
+    `pre_attention` until the recompile limit (8) makes Dynamo fall back to eager. One engine
+    per process never gets near it; a test process does."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="module")
 def llama_checkpoint(tmp_path_factory):
     model = build_hf_model("llama")
