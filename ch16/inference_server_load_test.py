@@ -2,9 +2,10 @@
 
     python ch16/inference_server_load_test.py --duration 120
 
-With no --url it serves the embedded default model in-process on 127.0.0.1 (the `tiny` preset on
-a CPU, the `llama-3-8b` preset with random weights on a GPU; --serve-model picks another preset
-or an HF folder, --cuda-graphs the engine's graph mode), runs a closed-loop load against it for --duration seconds after a warm-up, and
+With no --url it serves the embedded default model on 127.0.0.1 (the `tiny` preset on a CPU, the
+`llama-3-8b` preset with random weights on a GPU; --serve-model picks another preset or an HF
+folder, --cuda-graphs the engine's graph mode, --engine-process off puts the engine core on a
+thread of the server instead of its own process), runs a closed-loop load against it for --duration seconds after a warm-up, and
 prints latency percentiles, throughput, goodput and the stability verdict; artifacts (JSON,
 per-request CSV, plots) go to artifacts/loadtest_<time>/. With --url it targets any running
 OpenAI-compatible server instead (ours, vLLM, SGLang). Every other flag is `aisp loadtest`'s.
@@ -86,15 +87,18 @@ def main(argv: list[str]) -> None:
         defaults += ["--input-len", "32:448" if gpu else "16:96"]
     if not _has(args, "--workload", "--output-len"):
         defaults += ["--output-len", "16:384" if gpu else "8:48"]
-    print(f"starting the server in-process: {model} on {'cuda' if gpu else 'cpu'} ...", flush=True)
+    engine_process = _pop(args, "--engine-process") != "off"
+    print(f"starting the server: {model} on {'cuda' if gpu else 'cpu'}, engine core "
+          f"{'in its own process' if engine_process else 'on a thread'} ...", flush=True)
     server = start_server(EngineConfig(model=model, cuda_graphs=cuda_graphs), host="127.0.0.1",
-                          port=0)
+                          port=0, engine_process=engine_process)
     try:
-        engine = server.engine
+        info = server.client.model_info
         if not _has(args, "--vocab-size"):
-            defaults += ["--vocab-size", str(engine.model_config.vocab_size)]
-        print(f"serving at {server.url}: {engine.kv_cache!r}, max_model_len "
-              f"{engine.max_model_len:,}; {engine.graph_summary()}", flush=True)
+            defaults += ["--vocab-size", str(info.vocab_size)]
+        print(f"serving at {server.url}: KV cache {info.num_kv_blocks:,} blocks x "
+              f"{info.block_size} tokens, max_model_len {info.max_model_len:,}; "
+              f"{info.summary}", flush=True)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         rc = subprocess.run([sys.executable, "-m", "cli.aisp", "loadtest", "--url", server.url,

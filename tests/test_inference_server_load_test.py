@@ -19,7 +19,7 @@ def test_short_run_reports_stability_and_writes_artifacts(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "starting the server in-process: tiny" in r.stdout
+    assert "starting the server: tiny on cpu, engine core in its own process" in r.stdout
     verdict = json.loads((tmp_path / "results.json").read_text())["stability"]["ttft"]["text"]
     assert verdict.split(":")[0] in r.stdout  # the printed report carries the verdict
     results = json.loads((tmp_path / "results.json").read_text())

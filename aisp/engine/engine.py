@@ -22,11 +22,13 @@ listeners (metrics, load tests) receive without reaching into the scheduler.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import torch
 
 from aisp.engine.block_manager import BlockManager
@@ -42,8 +44,7 @@ from aisp.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, S
 from aisp.model.presets import resolve_model
 
 
-@dataclass(frozen=True)
-class RequestMetrics:
+class RequestMetrics(msgspec.Struct, frozen=True, array_like=True):
     arrival_time: float
     first_scheduled_time: float | None
     first_token_time: float | None
@@ -69,11 +70,17 @@ class RequestMetrics:
         return (self.token_times[-1] - self.first_token_time) / (n - 1)
 
 
-@dataclass(frozen=True)
-class RequestOutput:
+class RequestOutput(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
     """One request's news from one step. Streams are deltas: `new_token_ids` every step; the
-    whole output, text and metrics only once finished (copying a growing history every step
-    would cost O(length) per request per step)."""
+    whole output and metrics only once finished (copying a growing history every step would
+    cost O(length) per request per step). A msgspec Struct, so the core's process sends a
+    step's outputs as compact MessagePack (aisp.engine.core_messages) with no conversion.
+
+    The core fills the token fields; the front end (aisp.engine.output_processor) adds the
+    text: `text_delta` per delta and `text` on the finished one. The core's deltas also carry
+    what the front end needs to measure the request without asking the core: the time of the
+    output (its tokens', or the finish time), and the request's first-schedule time and prefix
+    cache hit (on every delta once scheduled) and its preemptions so far."""
 
     request_id: str
     new_token_ids: tuple[int, ...]       # produced by this step
@@ -82,8 +89,28 @@ class RequestOutput:
     stop_reason: int | str | None = None
     prompt_token_ids: tuple[int, ...] = ()   # set when finished
     output_token_ids: tuple[int, ...] = ()   # set when finished
-    text: str | None = None              # detokenized output, set when finished
+    text: str | None = None              # the output's text (front end), set when finished
     metrics: RequestMetrics | None = None    # set when finished
+    token_time: float = 0.0              # scheduler clock: when these tokens (or the finish) came
+    first_scheduled_time: float | None = None
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
+    text_delta: str = ""                 # front end: text safe to send with this delta
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an engine serves, as the front end and its clients need it (no engine internals)."""
+
+    model: str                 # the preset name or model folder the engine loaded
+    max_model_len: int         # prompt + output tokens of one request, at most
+    max_model_len_reason: str  # what set max_model_len (a flag, the KV cache, the model)
+    vocab_size: int            # token ids the model takes: [0, vocab_size)
+    kv_capacity_tokens: int
+    num_kv_blocks: int
+    block_size: int
+    device: str
+    summary: str = ""          # graph and compile modes, in words (the server's banner)
 
 
 @dataclass(frozen=True)
@@ -240,11 +267,16 @@ class LLMEngine:
     def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                     request_id: str | None = None, priority: int = 0,
                     arrival_time: float | None = None) -> str:
-        """Queue a request; raises ValueError (with the numbers) if it can never be served."""
+        """Queue a request; raises ValueError (with the numbers) if it can never be served.
+        A text prompt is tokenized here for offline use; served requests arrive as token ids."""
         params = params or SamplingParams()
-        if self.tokenizer is None and (isinstance(prompt, str) or params.stop):
+        if params.stop:
+            raise ValueError("stop strings are text, which the core never sees: use generate() "
+                             "or an engine client (aisp.engine.client), whose front end applies "
+                             "them, or stop_token_ids")
+        if self.tokenizer is None and isinstance(prompt, str):
             raise ValueError(f"model '{self.config.model}' has no tokenizer.json, so text prompts "
-                             f"and stop strings cannot be used; pass prompt token ids")
+                             f"cannot be used; pass prompt token ids")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         vocab = self.model_config.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
@@ -266,6 +298,24 @@ class LLMEngine:
             for listener in self.finished_listeners:
                 listener(out)
         return [r.request_id for r in aborted]
+
+    def stop_requests(self, stops: Iterable[tuple[str, str]]) -> list[str]:
+        """Finish requests whose output a stop string ended (the front end found it: the core
+        sees no text) as 'stop' with that string, and free them; unknown or finished ids are
+        ignored. Finished listeners see each one."""
+        done = []
+        for rid, stop in stops:
+            req = self.scheduler.finish_request(rid, RequestStatus.FINISHED_STOPPED, stop)
+            if req is None:
+                continue
+            out = self._output(req, ())
+            for listener in self.finished_listeners:
+                listener(out)
+            done.append(rid)
+        return done
+
+    def unfinished_request_ids(self) -> list[str]:
+        return list(self.scheduler.requests)
 
     def has_unfinished_requests(self) -> bool:
         """Whether a request still awaits output. A step left in flight once none does holds
@@ -305,7 +355,6 @@ class LLMEngine:
         # Requests that got a token this step, captured before any is stopped below.
         touched = {rid: self.scheduler.get_request(rid) for rid in result.new_token_ids}
         touched.update({r.request_id: r for r in result.finished_requests})
-        self._apply_stop_strings(touched.values())
         outputs = [self._output(touched[rid], new) for rid, new in result.new_token_ids.items()]
         t4 = time.perf_counter()
         stats = StepStats(plan.stats, len(plan.scheduled_requests),
@@ -328,47 +377,64 @@ class LLMEngine:
                     listener(out)
         return outputs
 
-    def _apply_stop_strings(self, requests: Iterable[Request]) -> None:
-        """Stop strings need text: decode only the live requests that asked for them."""
-        for req in requests:
-            if req.is_finished or not req.sampling_params.stop:
-                continue
-            text = self.tokenizer.decode(req.output_token_ids)
-            hit = next((s for s in req.sampling_params.stop if s in text), None)
-            if hit is not None:
-                self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED,
-                                              stop_reason=hit)
-
     def _output(self, req: Request, new: tuple[int, ...]) -> RequestOutput:
+        time = req.token_times[-1] if new else (req.finished_time or 0.0)
         if not req.is_finished:
-            return RequestOutput(req.request_id, tuple(new), False)
-        text = None
-        if self.tokenizer is not None:
-            text = self.tokenizer.decode(req.output_token_ids)
-            if isinstance(req.stop_reason, str) and req.stop_reason in text:
-                text = text[:text.index(req.stop_reason)]
+            return RequestOutput(req.request_id, tuple(new), False, token_time=time,
+                                 first_scheduled_time=req.first_scheduled_time,
+                                 num_cached_tokens=req.num_cached_tokens,
+                                 num_preemptions=req.num_preemptions)
         return RequestOutput(
             request_id=req.request_id, new_token_ids=tuple(new), finished=True,
             finish_reason=req.finish_reason, stop_reason=req.stop_reason,
             prompt_token_ids=req.prompt_token_ids, output_token_ids=tuple(req.output_token_ids),
-            text=text,
             metrics=RequestMetrics(req.arrival_time, req.first_scheduled_time,
                                    req.first_token_time, tuple(req.token_times),
-                                   req.finished_time, req.num_cached_tokens, req.num_preemptions))
+                                   req.finished_time, req.num_cached_tokens, req.num_preemptions),
+            token_time=req.finished_time or time, first_scheduled_time=req.first_scheduled_time,
+            num_cached_tokens=req.num_cached_tokens, num_preemptions=req.num_preemptions)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        compile_line = self.compile_info.summary() if self.compile_info.compiled else ""
+        return ModelInfo(self.config.model, self.max_model_len, self.max_model_len_reason,
+                         self.model_config.vocab_size, self.kv_cache.capacity_tokens,
+                         self.kv_cache.num_blocks, self.kv_cache.block_size, str(self.device),
+                         "; ".join(x for x in (self.graph_summary(), compile_line) if x))
 
     def generate(self, prompts: Sequence[str | Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
                  on_output: Callable[[RequestOutput], None] | None = None) -> list[RequestOutput]:
-        """Run prompts to completion; outputs in prompt order. `on_output` sees every step's
-        outputs (progress bars, streaming)."""
+        """Run prompts to completion; outputs in prompt order, with text and stop strings done
+        by the same front-end code as the server's (aisp.engine.output_processor). `on_output`
+        sees every user delta (progress bars, streaming)."""
+        from aisp.engine.output_processor import OutputProcessor
+
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        front = OutputProcessor(self.tokenizer)
+        ids = []
+        for prompt, sp in zip(prompts, params):
+            if isinstance(prompt, str):
+                if self.tokenizer is None:
+                    raise ValueError(f"model '{self.config.model}' has no tokenizer.json, so "
+                                     f"text prompts cannot be used; pass prompt token ids")
+                prompt = self.tokenizer.encode(prompt)
+            rid, arrival = f"req-{next(self._ids)}", time.monotonic()
+            front.add(rid, prompt, sp, arrival)
+            ids.append(self.add_request(prompt, dataclasses.replace(sp, stop=()), rid,
+                                        arrival_time=arrival))
         final: dict[str, RequestOutput] = {}
         while self.has_unfinished_requests():
-            for out in self.step():
+            for core_out in self.step():
+                out = front.process(core_out)
+                if front.to_stop:
+                    self.stop_requests(front.to_stop)
+                    front.to_stop.clear()
+                if out is None:
+                    continue
                 if on_output is not None:
                     on_output(out)
                 if out.finished:

@@ -1,8 +1,10 @@
 """Prometheus metrics of one engine, in vLLM's naming style under the `aisp:` prefix.
 
-Fed only through the engine's public hooks (STYLE.md #4): `observe_step(StepStats)` from
-`engine.step_listeners` and `observe_finished(RequestOutput)` from `engine.finished_listeners`.
-`attach(engine)` registers both. Nothing here reads scheduler internals.
+Fed only through public hooks (STYLE.md #4): `observe_step(StepStats)` from `step_listeners`
+and `observe_finished(RequestOutput)` from `finished_listeners` of an engine client (the
+server: per-step stats and finished outputs arrive in the core's messages, so the registry
+lives in the server process) or of an offline `LLMEngine`. `attach(source)` registers both.
+Nothing here reads scheduler internals.
 
 Definitions (vLLM's): TTFT = first token - arrival; inter-token latency = each gap between
 consecutive tokens; TPOT = (E2E - TTFT) / (output tokens - 1) per request; queue time = first
@@ -63,11 +65,11 @@ class EngineMetrics:
         self.decode_time = hist("request_decode_time_seconds", "First token to finish.", _SLOW)
         self.step_time = hist("engine_step_seconds", "Wall time of one engine step.", _FAST)
 
-    def attach(self, engine) -> "EngineMetrics":
-        """Subscribe to an LLMEngine's hooks and publish its KV capacity."""
-        self.kv_cache_capacity.set(engine.kv_cache.capacity_tokens)
-        engine.step_listeners.append(self.observe_step)
-        engine.finished_listeners.append(self.observe_finished)
+    def attach(self, source) -> "EngineMetrics":
+        """Subscribe to the hooks of an engine client or LLMEngine; publish its KV capacity."""
+        self.kv_cache_capacity.set(source.model_info.kv_capacity_tokens)
+        source.step_listeners.append(self.observe_step)
+        source.finished_listeners.append(self.observe_finished)
         return self
 
     def observe_step(self, stats) -> None:

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP routes over an `AsyncLLMEngine` (aiohttp).
+"""The OpenAI-compatible HTTP routes over an `EngineClient` (aiohttp).
 
 aiohttp rather than FastAPI/uvicorn: the GPU machine has aiohttp and lacks fastapi, uvicorn and
 pydantic, and the server needs nothing they add (see DESIGN.md).
@@ -7,10 +7,10 @@ Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, GET /he
 admitting, 503 while draining or unhealthy), GET /metrics (Prometheus text of `EngineMetrics`).
 
 Contract:
-- The server uses only the engine's public API (STYLE.md #18): `AsyncLLMEngine.add_request` and
-  the engine's read-only attributes (tokenizer, max_model_len, max_model_len_reason, config,
-  model_config); the model facts it serves (context and what set it, vocabulary) are read in
-  one place, `model_info`.
+- The server uses only the engine-client API (aisp.engine.client; STYLE.md #18): `add_request`,
+  the streams, `model_info` (the model, its context and what set it, the vocabulary),
+  `tokenizer`, health, and the metrics fed by the client's listeners. The engine core may run
+  in another process; nothing here can tell.
 - GET /v1/models lists one model card: OpenAI's fields plus vLLM's `max_model_len` (prompt +
   output tokens of one request, at most) and aisp's `vocab_size` (token-id prompts must hold
   ids in [0, vocab_size)), so a load tester can fit its prompts to the model.
@@ -19,11 +19,12 @@ Contract:
   body over `max_body_bytes`) and 503 while shutting down; a bad request never touches the engine
   beyond its own admission, so concurrent requests are unaffected.
 - Prompts are tokenized here (in a worker thread, off the event loop): the server needs the
-  prompt's length to default `max_tokens` to the remaining context and to report usage.
+  prompt's length to default `max_tokens` to the remaining context and to report usage. Text
+  and stop strings come with the client's outputs (its front end builds them).
 - Streaming and non-streaming share `responses.chunks`; the latter is its fold.
 - A client that disconnects is noticed either by a failed write or by aiohttp cancelling the
   handler (the runner is started with handler_cancellation=True); either way the request's
-  stream is closed, which aborts it on the engine thread and frees its KV blocks.
+  stream is closed, which aborts it in the engine core and frees its KV blocks.
 """
 
 from __future__ import annotations
@@ -41,12 +42,10 @@ from typing import Any
 
 from aiohttp import web
 
-from aisp.engine.async_engine import (AsyncLLMEngine, EngineDeadError, EngineShuttingDownError,
-                                      EngineStepError)
+from aisp.engine.client import (EngineClient, EngineDeadError, EngineShuttingDownError,
+                                EngineStepError, ModelInfo, SamplingParams)
 from aisp.engine.metrics import EngineMetrics
-from aisp.engine.sampling_params import SamplingParams
 from aisp.serve.chat import ChatTemplate, ChatTemplateError
-from aisp.serve.detokenize import IncrementalDetokenizer
 from aisp.serve.protocol import (ApiError, ParsedRequest, bad_request, parse_chat,
                                  parse_completion, sampling_error)
 from aisp.serve.responses import ResponseFormat, chunks, fold
@@ -59,26 +58,8 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the server tells clients about the model it serves."""
-
-    root: str            # the preset name or model folder the engine loaded
-    max_model_len: int   # prompt + output tokens of one request, at most
-    vocab_size: int      # token ids the model takes: [0, vocab_size)
-    max_model_len_reason: str = ""   # what set max_model_len (a flag, the KV cache, the model)
-
-
-def model_info(engine: AsyncLLMEngine) -> ModelInfo:
-    """The model facts of `engine`: the one place the server reads them (so that they can move
-    behind the engine-client API without touching the routes)."""
-    llm = engine.engine
-    return ModelInfo(llm.config.model, llm.max_model_len, llm.model_config.vocab_size,
-                     llm.max_model_len_reason)
-
-
-@dataclass(frozen=True)
 class ServerState:
-    engine: AsyncLLMEngine
+    engine: EngineClient
     model: ModelInfo
     metrics: EngineMetrics
     served_model_name: str
@@ -91,14 +72,13 @@ class ServerState:
 STATE = web.AppKey("aisp_state", ServerState)
 
 
-def build_app(engine: AsyncLLMEngine, metrics: EngineMetrics, served_model_name: str,
+def build_app(engine: EngineClient, metrics: EngineMetrics, served_model_name: str,
               api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
-    """The aiohttp application; `metrics` must already be attached to `engine.engine`."""
-    llm = engine.engine
-    template = (ChatTemplate.for_model(llm.config.model, llm.tokenizer)
-                if llm.tokenizer is not None else None)
+    """The aiohttp application; `metrics` must already be attached to `engine`."""
+    template = (ChatTemplate.for_model(engine.model_info.model, engine.tokenizer)
+                if engine.tokenizer is not None else None)
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors, _auth])
-    app[STATE] = ServerState(engine, model_info(engine), metrics, served_model_name, api_key,
+    app[STATE] = ServerState(engine, engine.model_info, metrics, served_model_name, api_key,
                              template, max_body_bytes, int(time.time()))
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
@@ -154,7 +134,7 @@ async def models(request: web.Request) -> web.Response:
     s = request.app[STATE]
     return web.json_response({"object": "list", "data": [{
         "id": s.served_model_name, "object": "model", "created": s.created, "owned_by": "aisp",
-        "root": s.model.root, "max_model_len": s.model.max_model_len,
+        "root": s.model.model, "max_model_len": s.model.max_model_len,
         "vocab_size": s.model.vocab_size}]})
 
 
@@ -170,12 +150,12 @@ async def metrics_route(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-def _unavailable(engine: AsyncLLMEngine) -> ApiError:
+def _unavailable(engine: EngineClient) -> ApiError:
     if engine.is_healthy:
         return ApiError(503, "server is shutting down; it no longer accepts requests",
                         "service_unavailable_error", code="server_shutting_down")
-    return ApiError(503, f"the engine is not healthy (last error: {engine.last_error!r}); "
-                         f"the server must be restarted", "service_unavailable_error",
+    return ApiError(503, f"the engine is not healthy ({engine.last_error}); the server must "
+                         f"be restarted", "service_unavailable_error",
                     code="engine_unhealthy")
 
 
@@ -213,7 +193,7 @@ def _no_constants(name: str) -> Any:
 
 async def _prompt_ids(s: ServerState, parsed: ParsedRequest) -> tuple[tuple[int, ...], str]:
     """Token ids of the prompt and the name of the field it came from."""
-    tokenizer = s.engine.engine.tokenizer
+    tokenizer = s.engine.tokenizer
     field = "messages" if parsed.messages is not None else "prompt"
     if isinstance(parsed.prompt, tuple):
         return parsed.prompt, field
@@ -269,13 +249,11 @@ async def _generate(request: web.Request, parsed: ParsedRequest,
         raise _unavailable(s.engine) from None
     fmt = ResponseFormat(chat, rid, int(time.time()), s.served_model_name, prompt_ids,
                          parsed.return_token_ids, parsed.continuous_usage)
-    tokenizer = s.engine.engine.tokenizer
-    detok = IncrementalDetokenizer(tokenizer, params.stop) if tokenizer is not None else None
     async with stream:   # leaving early (error, disconnect, cancellation) aborts the request
         if parsed.stream:
-            return await _sse(request, chunks(stream, fmt, detok), parsed.include_usage)
+            return await _sse(request, chunks(stream, fmt), parsed.include_usage)
         try:
-            async with aclosing(chunks(stream, fmt, detok)) as seq:
+            async with aclosing(chunks(stream, fmt)) as seq:
                 return web.json_response(fold(fmt, [c async for c in seq]))
         except EngineShuttingDownError:
             raise _unavailable(s.engine) from None

@@ -62,13 +62,18 @@ def serve_command(
     compile: str = typer.Option("none", "--compile",
                                 help="none, regional (each decoder layer's two halves, one "
                                      "compiled region for all layers) or full (the whole model)."),
+    engine_process: bool = typer.Option(True, "--engine-process/--in-process",
+                                        help="Run the engine core in a process of its own "
+                                             "(default: the server's HTTP, tokenization and "
+                                             "streaming then never share a GIL with the "
+                                             "engine), or on a thread of the server process."),
     drain_timeout: Optional[float] = typer.Option(None, "--drain-timeout", min=0,
                                                   help="On SIGTERM, abort requests still running "
                                                        "after this many seconds (default: wait)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (completions, chat, SSE streaming)."""
+    from aisp.engine.client import EngineClient
     from aisp.engine.config import EngineConfig
-    from aisp.engine.engine import LLMEngine
     from aisp.serve.server import Server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -82,11 +87,12 @@ def serve_command(
                               async_scheduling=async_scheduling, compile=compile)
         # Everything that cannot run (device, kernels, model files) fails here, before the
         # server listens: it never reports healthy with an engine that cannot serve.
-        engine = LLMEngine(config)
+        client = (EngineClient.start(config) if engine_process
+                  else EngineClient.in_process(config))
     except (ValueError, RuntimeError, OSError) as e:   # OSError: a model file missing or unreadable
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    server = Server(engine, host, port, api_key, served_model_name)
+    server = Server(client, host, port, api_key, served_model_name)
     try:
         asyncio.run(_serve(server, drain_timeout))
     except OSError as e:   # the port is taken, the address is not local, ...
@@ -100,12 +106,14 @@ async def _serve(server, drain_timeout: float | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    engine = server.engine
-    typer.echo(f"aisp serve: {server.served_model_name} ({engine.device}, max_model_len "
-               f"{engine.max_model_len:,}: {engine.max_model_len_reason}) listening on "
-               f"http://{server.host}:{port}; {engine.graph_summary()}"
-               + (f"; {engine.compile_info.summary()}" if engine.compile_info.compiled else ""))
+    client = server.client
+    info = client.model_info
+    where = (f"engine core pid {client.core_pid}" if client.core_pid is not None
+             else "engine core in-process")
+    typer.echo(f"aisp serve: {server.served_model_name} ({info.device}, max_model_len "
+               f"{info.max_model_len:,}: {info.max_model_len_reason}) listening on "
+               f"http://{server.host}:{port}; {where}; {info.summary}")
     await stop.wait()
-    typer.echo(f"aisp serve: draining {server.async_engine.num_inflight} in-flight request(s)")
+    typer.echo(f"aisp serve: draining {client.num_inflight} in-flight request(s)")
     await server.stop(drain=True, timeout=drain_timeout)
     typer.echo("aisp serve: stopped")

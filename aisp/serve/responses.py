@@ -1,7 +1,8 @@
 """The one code path from engine deltas to OpenAI responses (STYLE.md #19).
 
 Contract:
-- `chunks(stream, fmt, detokenizer)` turns a request's `RequestOutput` deltas into OpenAI chunk
+- `chunks(stream, fmt)` turns a request's `RequestOutput` deltas (text included: the engine
+  client's front end detokenizes and applies stop strings) into OpenAI chunk
   dicts: exactly one chunk per engine delta (one token per decode step, so a streaming client's
   gaps between chunks are inter-token latencies), the last one carrying `finish_reason` (and
   vLLM's `stop_reason`: the stop string, the stop token id, or null for eos/length), then one
@@ -27,8 +28,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aisp.engine.async_engine import RequestStream
-from aisp.serve.detokenize import IncrementalDetokenizer
+from aisp.engine.client import RequestStream
 
 __all__ = ["ResponseFormat", "chunks", "fold"]
 
@@ -80,19 +80,15 @@ class ResponseFormat:
         return chunk
 
 
-async def chunks(stream: RequestStream, fmt: ResponseFormat,
-                 detokenizer: IncrementalDetokenizer | None) -> AsyncIterator[dict[str, Any]]:
+async def chunks(stream: RequestStream, fmt: ResponseFormat) -> AsyncIterator[dict[str, Any]]:
     """One chunk per engine delta, then the usage chunk (see the module docstring)."""
     num_output_tokens = 0
     first = True
     async for out in stream:
         num_output_tokens += len(out.new_token_ids)
-        text = detokenizer.add(out.new_token_ids) if detokenizer else ""
         if out.finished:
-            if detokenizer is not None:
-                text += detokenizer.finish(out.text or "")
             assert num_output_tokens == len(out.output_token_ids), "deltas add up to the output"
-        yield fmt.chunk(text, out.new_token_ids, first,
+        yield fmt.chunk(out.text_delta, out.new_token_ids, first,
                         out.finish_reason if out.finished else None,
                         out.stop_reason if out.finished else None, num_output_tokens)
         first = False

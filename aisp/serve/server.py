@@ -2,15 +2,17 @@
 (`start_server`, for tests, notebooks and `ch16/inference_server_load_test.py`).
 
 Contract:
-- `Server(engine, host, port, ...)` owns one `LLMEngine`: it attaches `EngineMetrics`, hands the
-  engine to an `AsyncLLMEngine` (whose thread owns it from then on) and builds the app.
-  `await server.start()` binds and returns the port (port 0 picks a free one); `await
-  server.stop(drain=True)` refuses new requests (503), lets in-flight ones finish (bounded by
-  `timeout` if given), closes the listener and the connections, and stops the engine thread.
-- `start_server(engine_or_config, host="127.0.0.1", port=0, ...) -> RunningServer` does the same
-  on a private event loop in a daemon thread and returns once the port is bound;
-  `RunningServer.stop()` (or leaving its `with` block) drains and joins. Its `engine` attribute
-  is the LLMEngine, which only the engine thread may drive (tests may read counters).
+- `Server(client, host, port, ...)` owns one `EngineClient` (aisp.engine.client): it attaches
+  `EngineMetrics` to the client's listeners (one `CollectorRegistry` in this process, which
+  later exporters join) and builds the app. `await server.start()` binds and returns the port
+  (port 0 picks a free one); `await server.stop(drain=True)` refuses new requests (503), lets
+  in-flight ones finish (bounded by `timeout` if given), closes the listener and the
+  connections, and stops the engine core (its process, when it has one).
+- `start_server(engine_or_config, host="127.0.0.1", port=0, ..., engine_process=None) ->
+  RunningServer` does the same on a private event loop in a daemon thread and returns once the
+  port is bound; `RunningServer.stop()` (or leaving its `with` block) drains and joins. From a
+  config the core runs in its own process (unless `engine_process=False`); an `LLMEngine`
+  given as it is runs on a thread of this process (tests that read its counters).
 - Binds 127.0.0.1 unless told otherwise.
 """
 
@@ -22,9 +24,8 @@ import threading
 
 from aiohttp import web
 
-from aisp.engine.async_engine import AsyncLLMEngine
+from aisp.engine.client import EngineClient
 from aisp.engine.config import EngineConfig
-from aisp.engine.engine import LLMEngine
 from aisp.engine.metrics import EngineMetrics
 from aisp.serve.app import MAX_BODY_BYTES, build_app
 
@@ -36,16 +37,15 @@ log = logging.getLogger(__name__)
 class Server:
     """The HTTP server and its engine, started and stopped on the caller's event loop."""
 
-    def __init__(self, engine: LLMEngine, host: str = "127.0.0.1", port: int = 8000,
+    def __init__(self, client: EngineClient, host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, served_model_name: str | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES, shutdown_timeout: float = 60.0) -> None:
         self.host = host
         self.port = port
-        self.served_model_name = served_model_name or engine.config.model
-        self.metrics = EngineMetrics(model_name=self.served_model_name).attach(engine)
-        self.engine = engine
-        self.async_engine = AsyncLLMEngine(engine)   # the engine thread owns `engine` from here
-        self.app = build_app(self.async_engine, self.metrics, self.served_model_name, api_key,
+        self.served_model_name = served_model_name or client.model_info.model
+        self.metrics = EngineMetrics(model_name=self.served_model_name).attach(client)
+        self.client = client
+        self.app = build_app(client, self.metrics, self.served_model_name, api_key,
                              max_body_bytes)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
@@ -66,7 +66,7 @@ class Server:
             await site.start()
         except OSError:
             await self._runner.cleanup()
-            await self.async_engine.shutdown(drain=False)
+            await self.client.shutdown(drain=False)
             raise
         self.port = self._runner.addresses[0][1]
         log.info("serving %s on %s", self.served_model_name, self.url)
@@ -74,7 +74,7 @@ class Server:
 
     async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop admitting (503), drain or abort in-flight requests, close, stop the engine."""
-        await self.async_engine.shutdown(drain=drain, timeout=timeout)
+        await self.client.shutdown(drain=drain, timeout=timeout)
         if self._runner is not None:
             # Handlers still writing their last chunks get `shutdown_timeout` to finish.
             await self._runner.cleanup()
@@ -104,12 +104,8 @@ class RunningServer:
         return f"http://{self.host}:{self.port}"
 
     @property
-    def engine(self) -> LLMEngine:
-        return self.server.engine
-
-    @property
-    def async_engine(self) -> AsyncLLMEngine:
-        return self.server.async_engine
+    def client(self) -> EngineClient:
+        return self.server.client
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Drain (or abort) and stop; idempotent. Blocks until the threads have exited."""
@@ -134,11 +130,31 @@ class RunningServer:
         self.stop()
 
 
-def start_server(engine: LLMEngine | EngineConfig, host: str = "127.0.0.1", port: int = 0,
+def start_server(engine: EngineConfig | object, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, served_model_name: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> RunningServer:
-    """Serve `engine` (or a new engine built from a config) in a background thread; returns
-    once listening. Port 0 binds a free port: read it from `.port` / `.url`."""
-    if isinstance(engine, EngineConfig):
-        engine = LLMEngine(engine)
-    return RunningServer(Server(engine, host, port, api_key, served_model_name, max_body_bytes))
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 engine_process: bool | None = None) -> RunningServer:
+    """Serve a new engine built from a config (its core in its own process unless
+    `engine_process` is False), or an `LLMEngine` already built (on a thread of this process),
+    from a background thread; returns once listening. Port 0 binds a free port: read it from
+    `.port` / `.url`."""
+    if not isinstance(engine, EngineConfig):
+        if engine_process:
+            raise ValueError("an LLMEngine already built lives in this process; pass its "
+                             "EngineConfig to run the engine core in a process of its own")
+        client = EngineClient.in_process(engine)
+    elif engine_process is False:
+        client = EngineClient.in_process(engine)
+    else:
+        client = EngineClient.start(engine)
+    try:
+        return RunningServer(Server(client, host, port, api_key, served_model_name,
+                                    max_body_bytes))
+    except BaseException:
+        _stop_client(client)
+        raise
+
+
+def _stop_client(client: EngineClient) -> None:
+    """Stop a client whose server never started (no loop is running yet)."""
+    asyncio.run(client.shutdown(drain=False))

@@ -137,7 +137,7 @@ def test_bad_requests_get_4xx_while_a_concurrent_stream_completes(keyed_server):
     assert folded == alone and folded["finish_reason"] == "length"
     assert folded["usage"]["completion_tokens"] == 120
     assert healthy == 200
-    assert keyed_server.async_engine.num_inflight == 0
+    assert keyed_server.client.num_inflight == 0
 
 
 def test_common_noop_fields_are_accepted(keyed_server):

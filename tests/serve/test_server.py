@@ -192,8 +192,10 @@ def test_metrics_rise_as_requests_complete(server):
 
 
 def _all_blocks_free(server) -> bool:
-    return (server.engine.block_manager.num_free_blocks == NUM_KV_BLOCKS
-            and server.async_engine.num_inflight == 0)
+    """The core's own numbers, sent with its every message: across the process boundary."""
+    client = server.client
+    return (client.kv_free_blocks == NUM_KV_BLOCKS and client.num_unfinished == 0
+            and client.num_inflight == 0)
 
 
 def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
@@ -210,7 +212,7 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
                     got += line.startswith(b"data: ")
                     if got == 2:
                         break
-                assert server.engine.block_manager.num_free_blocks < NUM_KV_BLOCKS
+                assert server.client.kv_free_blocks < NUM_KV_BLOCKS
                 resp.close()   # drop the connection mid-stream
             await wait_until(lambda: _all_blocks_free(server), 10, "the KV blocks to be freed")
             assert await metric_value(s, server.url, "aisp:request_success",

@@ -1,6 +1,8 @@
-"""`AsyncLLMEngine` without HTTP: deltas equal offline generation, admission errors before the
-first output, early exit aborts and frees, a failing step fails requests instead of hanging
-them, an idle thread does not spin, and shutdown with and without drain."""
+"""The engine-client API without HTTP, over an in-process core (sync and async scheduling) and
+a core in its own process: deltas and text equal offline generation, admission errors before
+the first output, early exit aborts and frees the core's blocks, a failing step fails requests
+instead of hanging them, a killed core process fails streams at once and refuses new requests,
+an idle core does not spin, and shutdown with and without drain leaves no process behind."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ from contextlib import aclosing
 
 import pytest
 
-from aisp.engine.async_engine import (AsyncLLMEngine, EngineDeadError, EngineShuttingDownError,
-                                      EngineStepError)
+import os
+import signal
+import time
+
+from aisp.engine.client import (EngineClient, EngineDeadError, EngineShuttingDownError,
+                                EngineStepError)
 from aisp.engine.engine import LLMEngine
 from aisp.engine.sampling_params import SamplingParams
 from tests.serve.client import run, wait_until
@@ -24,14 +30,30 @@ def llm(byte_model, request) -> LLMEngine:
     return LLMEngine(engine_config(byte_model, async_scheduling=request.param))
 
 
-async def _collect(engine: AsyncLLMEngine, prompt, params=GREEDY):
+@pytest.fixture(params=["thread", "process"])
+def client(byte_model, request) -> EngineClient:
+    """A client over each kind of core (async scheduling on: the GPU default)."""
+    config = engine_config(byte_model, async_scheduling="on")
+    c = (EngineClient.in_process(config) if request.param == "thread"
+         else EngineClient.start(config))
+    yield c
+    if c.is_healthy:
+        run(c.shutdown(drain=False))
+
+
+async def _collect(engine: EngineClient, prompt, params=GREEDY):
     return [out async for out in engine.generate(prompt, params)]
 
 
-def test_deltas_match_offline_generate(llm, byte_model):
+def _blocks_free(client: EngineClient) -> bool:
+    return (client.kv_free_blocks == NUM_KV_BLOCKS and client.num_unfinished == 0
+            and client.num_inflight == 0)
+
+
+def test_deltas_and_text_match_offline_generate(client, byte_model):
     prompts = ["one", "two two", "three three three"]
     offline = LLMEngine(engine_config(byte_model)).generate(prompts, GREEDY)
-    engine = AsyncLLMEngine(llm)
+    engine = client
 
     async def go():
         results = await asyncio.gather(*(_collect(engine, p) for p in prompts))
@@ -43,11 +65,34 @@ def test_deltas_match_offline_generate(llm, byte_model):
         assert [o.finished for o in outs] == [False] * 19 + [True]
         assert tuple(t for o in outs for t in o.new_token_ids) == want.output_token_ids
         assert outs[-1].text == want.text and outs[-1].finish_reason == "length"
-    assert not engine.is_healthy   # the thread has stopped
+        assert "".join(o.text_delta for o in outs) == want.text
+        assert outs[-1].metrics.ttft > 0 and len(outs[-1].metrics.token_times) == 20
+    assert not engine.is_healthy   # the core has stopped
 
 
-def test_admission_error_is_raised_before_the_first_output(llm):
-    engine = AsyncLLMEngine(llm)
+def test_stop_strings_end_the_stream_as_offline_generate_does(client, byte_model):
+    """Stop strings live in the front end: the text is cut before the string, the stream
+    ends on the token that completed it, and the core frees the request."""
+    offline = LLMEngine(engine_config(byte_model)).generate(["abc"], GREEDY)[0].text
+    stop = offline[5:8]
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=[stop])
+    want = LLMEngine(engine_config(byte_model)).generate(["abc"], params)[0]
+    assert want.finish_reason == "stop" and want.stop_reason == stop
+    assert stop not in want.text and len(want.output_token_ids) < 20
+
+    async def go():
+        outs = await _collect(client, "abc", params)
+        await wait_until(lambda: _blocks_free(client), 10, "the core to free the request")
+        return outs
+
+    outs = run(go())
+    assert (outs[-1].output_token_ids, outs[-1].text, outs[-1].stop_reason) == \
+        (want.output_token_ids, want.text, stop)
+    assert "".join(o.text_delta for o in outs) == want.text
+
+
+def test_admission_error_is_raised_before_the_first_output(client):
+    engine = client
 
     async def go():
         gen = engine.generate([1] * 600, GREEDY)
@@ -61,8 +106,8 @@ def test_admission_error_is_raised_before_the_first_output(llm):
     run(go())
 
 
-def test_leaving_early_aborts_and_frees_blocks(llm):
-    engine = AsyncLLMEngine(llm)
+def test_leaving_early_aborts_and_frees_blocks(client):
+    engine = client
     long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
 
     async def go():
@@ -70,16 +115,14 @@ def test_leaving_early_aborts_and_frees_blocks(llm):
             async for out in gen:
                 assert not out.finished
                 break
-        await wait_until(lambda: llm.block_manager.num_free_blocks == NUM_KV_BLOCKS
-                         and engine.num_inflight == 0, 10, "blocks to be freed")
+        await wait_until(lambda: _blocks_free(engine), 10, "blocks to be freed")
         # Cancelling a consumer task has the same effect.
         task = asyncio.create_task(_collect(engine, "another", long))
         await asyncio.sleep(0.02)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await wait_until(lambda: llm.block_manager.num_free_blocks == NUM_KV_BLOCKS
-                         and engine.num_inflight == 0, 10, "blocks to be freed")
+        await wait_until(lambda: _blocks_free(engine), 10, "blocks to be freed")
         await engine.shutdown()
 
     run(go())
@@ -96,7 +139,7 @@ def test_a_failing_step_fails_in_flight_requests_and_the_engine_recovers(llm):
         return real_step()
 
     llm.step = flaky_step
-    engine = AsyncLLMEngine(llm)
+    engine = EngineClient.in_process(llm)
 
     async def go():
         with pytest.raises(EngineStepError, match="injected fault"):
@@ -118,12 +161,12 @@ def test_an_unrecoverable_engine_is_marked_dead(llm):
         raise RuntimeError("abort broke too")
 
     llm.step, llm.abort = broken_step, broken_abort
-    engine = AsyncLLMEngine(llm)
+    engine = EngineClient.in_process(llm)
 
     async def go():
         with pytest.raises(EngineStepError):
             await _collect(engine, "doomed")
-        assert not engine.is_healthy
+        await wait_until(lambda: not engine.is_healthy, 5, "the engine to be marked dead")
         with pytest.raises(EngineDeadError, match="abort broke too"):
             await engine.add_request("x", GREEDY)
         await engine.shutdown()
@@ -140,7 +183,7 @@ def test_the_idle_thread_blocks_instead_of_spinning(llm):
         return real()
 
     llm.has_unfinished_requests = counted
-    engine = AsyncLLMEngine(llm)
+    engine = EngineClient.in_process(llm)
 
     async def go():
         await _collect(engine, "hello")
@@ -153,8 +196,8 @@ def test_the_idle_thread_blocks_instead_of_spinning(llm):
     run(go())
 
 
-def test_shutdown_with_drain_finishes_in_flight_and_refuses_new(llm):
-    engine = AsyncLLMEngine(llm)
+def test_shutdown_with_drain_finishes_in_flight_and_refuses_new(client):
+    engine = client
     long = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
 
     async def go():
@@ -172,8 +215,8 @@ def test_shutdown_with_drain_finishes_in_flight_and_refuses_new(llm):
     assert not engine.is_healthy
 
 
-def test_shutdown_without_drain_fails_in_flight(llm):
-    engine = AsyncLLMEngine(llm)
+def test_shutdown_without_drain_fails_in_flight(client):
+    engine = client
     long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
 
     async def go():
@@ -183,5 +226,37 @@ def test_shutdown_without_drain_fails_in_flight(llm):
         with pytest.raises(EngineShuttingDownError):
             async for _ in stream:
                 pass
+
+    run(go())
+    pid = engine.core_pid
+    if pid is not None:
+        assert not _running(pid), "the engine core process outlived shutdown"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_core_process_fails_streams_and_refuses_new_requests(byte_model):
+    client = EngineClient.start(engine_config(byte_model))
+    long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+
+    async def go():
+        stream = await client.add_request("doomed", long)
+        await stream.__anext__()
+        os.kill(client.core_pid, signal.SIGKILL)
+        killed = time.monotonic()
+        with pytest.raises(EngineDeadError, match="killed by SIGKILL"):
+            async for _ in stream:
+                pass
+        await wait_until(lambda: not client.is_healthy, 1.0, "the client to see the death")
+        assert time.monotonic() - killed < 1.0
+        with pytest.raises(EngineDeadError, match="restart the server"):
+            await client.add_request("late", GREEDY)
+        await asyncio.wait_for(client.shutdown(), 10)   # nothing left to wait for: no hang
 
     run(go())

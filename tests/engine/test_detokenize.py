@@ -1,5 +1,6 @@
 """The incremental detokenizer: deltas never show a half character or the start of a stop string
-that then completes, and always concatenate to the engine's final text."""
+that then completes, always concatenate to the final text, and stop where a decode of the whole
+output after every token (the engine's rule before the front end took stop strings over) stops."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import random
 import pytest
 
 from aisp.model.tokenizer import byte_tokenizer
-from aisp.serve.detokenize import IncrementalDetokenizer, stop_prefix_holdback
+from aisp.engine.detokenize import IncrementalDetokenizer, stop_prefix_holdback
 
 TOK = byte_tokenizer()
 
 
 def engine_like(ids: list[int], stop: tuple[str, ...]) -> tuple[int, str]:
-    """What LLMEngine does: after each token decode the whole output; the first stop string (in
-    list order) found ends the request and the text is cut before it. Returns (number of tokens
+    """The reference: after each token decode the whole output; the first stop string (in list
+    order) found ends the request and the text is cut before it. Returns (number of tokens
     produced, final text)."""
     for n in range(1, len(ids) + 1):
         text = TOK.decode(ids[:n])
@@ -26,11 +27,19 @@ def engine_like(ids: list[int], stop: tuple[str, ...]) -> tuple[int, str]:
 
 
 def stream(ids: list[int], stop: tuple[str, ...] = ()) -> tuple[list[str], str]:
-    """Deltas as the server sends them (the last one includes finish()), and the final text."""
+    """Deltas as the server sends them, one token at a time (the last one includes finish()),
+    and the final text; checks the detokenizer stops on the reference's token with its text."""
     n, final = engine_like(ids, stop)
     detok = IncrementalDetokenizer(TOK, stop)
-    deltas = [detok.add([t]) for t in ids[:n]]
-    deltas[-1] += detok.finish(final)
+    deltas = []
+    for t in ids:
+        delta, used = detok.add([t])
+        if not used:
+            break
+        deltas.append(delta)
+    deltas[-1] += detok.finish()
+    assert len(deltas) == n and detok.final_text == final
+    assert (detok.stopped is not None) == any(s in TOK.decode(ids[:n]) for s in stop)
     return deltas, final
 
 
@@ -90,3 +99,28 @@ def test_stop_prefix_holdback():
     assert stop_prefix_holdback("abc", ("xyz",)) == 0
     assert stop_prefix_holdback("abc", ("abc",)) == 0   # complete, not a proper prefix
     assert stop_prefix_holdback("", ("a",)) == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_delta_of_several_tokens_stops_on_the_token_that_completes_the_stop_string(seed):
+    """With async scheduling or speculative steps one delta can hold several tokens: the stop
+    must land on the same token as one token at a time, and the tokens after it are not output."""
+    rng = random.Random(seed)
+    ids = [rng.choice(b"ab &xy") for _ in range(rng.randint(4, 30))]
+    stop = ("a b", "&&", "yx")
+    n, final = engine_like(ids, stop)
+    detok = IncrementalDetokenizer(TOK, stop)
+    text, consumed, i = "", 0, 0
+    while i < len(ids) and detok.stopped is None:
+        k = rng.randint(1, 4)
+        delta, used = detok.add(ids[i:i + k])
+        text, consumed, i = text + delta, consumed + used, i + k
+    text += detok.finish()
+    assert (consumed, text) == (n, final)
+
+
+def test_without_stop_strings_a_delta_is_decoded_at_once():
+    ids = TOK.encode("héllo wörld", add_special_tokens=False)
+    detok = IncrementalDetokenizer(TOK)
+    delta, used = detok.add(ids)
+    assert used == len(ids) and delta + detok.finish() == "héllo wörld" and detok.stopped is None
