@@ -19,8 +19,11 @@ matmul ceiling; both are counted by aisp.workloads.decoder_cost from the model i
 lower bound: per step the larger of the two would be tighter. All runs happen in one process,
 so the ratios are measured in one run on one GPU.
 
-Variants are the engine with one switch turned off (VARIANTS), run in the same process, so the
-gain of each optimization is measured in one run: `default` has them all.
+Variants are the engine with one switch changed (VARIANTS), run in the same process, so the
+gain of each optimization is measured in one run: `default` has them all; `regional` adds
+regional `torch.compile` (aisp.model.compile) under the default graph mode, so the piecewise
+and full decode graphs capture the compiled halves: default vs regional is what compiling buys
+(or costs) the engine at steady state.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ VARIANTS: dict[str, dict] = {
     "eager": {"cuda_graphs": "none"},        # every step launched op by op from Python
     "full": {"cuda_graphs": "full"},         # whole-step graphs for decode-only steps only
     "piecewise": {"cuda_graphs": "piecewise"},  # the dense pieces of every step, attention eager
+    "regional": {"compile": "regional"},     # default graphs capturing compiled layer halves
 }
 
 
