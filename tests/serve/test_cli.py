@@ -1,5 +1,6 @@
 """`aisp serve` through a Typer app of our own that calls `register`: the options, and SIGTERM
-in a real subprocess (admission stops, the in-flight stream completes, exit code 0)."""
+in a real subprocess (admission stops, the in-flight stream completes, exit code 0, and the
+engine-core process it started is gone too)."""
 
 from __future__ import annotations
 
@@ -133,11 +134,24 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(long_model):
         while not lines.empty():
             output.append(lines.get())
     log = "".join(output)
+    core_pid = int(re.search(r"engine core pid (\d+)", log).group(1))
+    deadline = time.monotonic() + 10
+    while _running(core_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(core_pid), f"the engine core (pid {core_pid}) outlived the server"
     folded, late_statuses = result
     assert folded["finish_reason"] == "length", log
     assert folded["usage"]["completion_tokens"] == 1500, log
     assert late_statuses and all(s in (503, "refused") for s in late_statuses), late_statuses
     assert "draining 1 in-flight request" in log and "stopped" in log, log
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def _drain_scenario(proc: subprocess.Popen, url: str):
@@ -173,3 +187,30 @@ async def _probe(s: aiohttp.ClientSession, url: str, body) -> int | str:
         except aiohttp.ClientConnectorError:
             return "refused"
         await asyncio.sleep(0.01)
+
+
+def test_a_killed_server_takes_its_engine_core_with_it(long_model):
+    """SIGKILL leaves the server no chance to stop its core: the core must still not survive
+    it (Linux's parent-death signal, and EOF on the pipe)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", APP_SCRIPT, "serve", "--model", str(long_model),
+         "--port", "0", "--device", "cpu", "--num-kv-blocks", "64"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc, lines), daemon=True).start()
+    try:
+        deadline, core_pid = time.monotonic() + 60, None
+        while core_pid is None:
+            match = re.search(r"engine core pid (\d+)",
+                              lines.get(timeout=max(0.1, deadline - time.monotonic())))
+            core_pid = match and int(match.group(1))
+        assert _running(core_pid)
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while _running(core_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(core_pid), "the engine core outlived a killed server"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

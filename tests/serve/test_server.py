@@ -251,3 +251,45 @@ def test_a_weights_only_model_serves_token_id_prompts(byte_model, tmp_path):
     assert text_status == chat_status == 400
     assert "no tokenizer.json" in text_err["error"]["message"]
     assert chat_err["error"]["param"] == "messages"
+
+
+def test_a_killed_engine_core_gives_error_events_503s_and_an_unhealthy_health(byte_model):
+    """The engine-core process dies mid-stream: the stream ends with an error event (its
+    headers are gone), /health turns 503 within a second, new requests get 503 in OpenAI's
+    shape, and nothing hangs."""
+    import os
+    import signal
+    import time
+
+    srv = start_server(engine_config(byte_model), served_model_name="byte-tiny")
+    try:
+        async def go():
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+                body = {"prompt": "doomed", "max_tokens": 480, "stream": True, **GREEDY}
+                async with s.post(srv.url + "/v1/completions", json=body) as resp:
+                    assert resp.status == 200
+                    raw = [await resp.content.readline()]
+                    os.kill(srv.client.core_pid, signal.SIGKILL)
+                    killed = time.monotonic()
+                    raw += [line async for line in resp.content]
+                chunks = events(b"".join(raw).decode().split("\n"))
+                assert chunks[-1]["error"]["code"] == "engine_error", chunks[-1]
+                assert "killed by SIGKILL" in chunks[-1]["error"]["message"]
+                while True:
+                    async with s.get(srv.url + "/health") as r:
+                        if r.status == 503:
+                            health = await r.json()
+                            break
+                    assert time.monotonic() - killed < 1.0, "/health still ok after 1 s"
+                    await asyncio.sleep(0.02)
+                assert health["error"]["code"] == "engine_unhealthy"
+                async with s.post(srv.url + "/v1/completions",
+                                  json={"prompt": "late", "max_tokens": 2}) as r:
+                    assert r.status == 503
+                    error = (await r.json())["error"]
+                assert error["type"] == "service_unavailable_error"
+                assert "restart" in error["message"]
+
+        run(go())
+    finally:
+        srv.stop(drain=False, timeout=5)
