@@ -13,6 +13,17 @@ not change the work of a step); the step's own K/V are written into the cache by
 pass, always into the same slots with the same values, so repeated runs give identical outputs.
 Logits are taken at the last token of every sequence, as the runner samples.
 
+`StepGraph(step, model, kernels)` captures `step.logits(...)` as one CUDA graph (on a CUDA
+device only), in a private pool, after two warm-up runs; `replay()` reruns it and returns the
+graph's own logits buffer (overwritten by the next replay: clone it to keep it). Capture-safe
+because a Step is fixed: its ids, positions, slots, block tables and lengths are device tensors
+built once by `build_step`, its host-side sizes (decode count, longest prefill chunk, table
+width) choose the same kernels and grids at every call, and nothing on the forward path reads
+the device from the host (no `.item()` / `.tolist()`, no boolean indexing, no CPU tensor made
+per call: the Triton attention kernels decide from host sizes only). It needs those kernels:
+the torch twins sync (boolean indexing, `.tolist()` of lengths), so `kernels="torch"` is refused.
+Replays write the same K/V into the same slots, as runs do.
+
 `reference_logits` recomputes the step in float64 from the model's weights and the cache's
 history, one layer at a time (float64 copies of one layer's weights and KV cache at a time), so
 it fits beside an 8B model on one GPU. It writes the decoder's math out itself: it never calls
@@ -22,6 +33,7 @@ the model's (possibly compiled) forward, nor the kernel twins, which compute in 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -91,6 +103,43 @@ class Step:
 
     def logits(self, model: LlamaForCausalLM, kernels: str) -> torch.Tensor:
         return model.compute_logits(self.hidden(model, kernels)[self.sample_rows])
+
+
+class StepGraph:
+    """`step.logits(model, kernels)` captured once as a CUDA graph (see the module docstring)."""
+
+    def __init__(self, step: Step, model: LlamaForCausalLM, kernels: str, warmup: int = 2):
+        device = step.input_ids.device
+        if device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need a CUDA device; this step lives on {device}")
+        if kernels != "triton":
+            raise ValueError(f"attention kernels {kernels!r} cannot be captured: the torch twins "
+                             f"read lengths on the host; capture with kernels='triton'")
+        t0 = time.perf_counter()
+        torch.cuda.synchronize(device)
+        # Capture empties the allocator's cache (torch.cuda.graph does): empty it first, so the
+        # growth of reserved memory is the pool alone, not minus what an earlier user had cached.
+        torch.cuda.empty_cache()
+        reserved0 = torch.cuda.memory_reserved(device)
+        self.pool = torch.cuda.graph_pool_handle()     # private: no other graph shares it
+        self.graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        # Inference mode, like every call of the step: compiled code guards on it.
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(warmup):  # on the capture stream: Triton JIT, cuBLAS algorithms
+                step.logits(model, kernels)
+            with torch.cuda.graph(self.graph, pool=self.pool, stream=stream):
+                self.logits = step.logits(model, kernels)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.synchronize(device)
+        self.capture_s = time.perf_counter() - t0
+        self.pool_bytes = torch.cuda.memory_reserved(device) - reserved0
+
+    def replay(self) -> torch.Tensor:
+        """Rerun the captured step; its logits, in the graph's buffer (valid until the next)."""
+        self.graph.replay()
+        return self.logits
 
 
 def build_step(shape: StepShape, config: ModelConfig, device: torch.device, dtype: torch.dtype,

@@ -1,13 +1,15 @@
 """The regional_compilation workload's pieces: a real engine step and its float64 reference,
-and cold/warm starts measured in child processes with their cache state."""
+the step captured as a CUDA graph, and cold/warm starts measured in child processes with their
+cache state."""
 
 import pytest
 import torch
 
 from aisp.harness.verify import compare
+from aisp.model.compile import CompileWatch, apply_compile, recompiles
 from aisp.model.presets import build_synthetic
 from aisp.workloads.compile_start import StartSpec, cold_and_warm_start
-from aisp.workloads.model_step import StepShape, build_step, reference_logits
+from aisp.workloads.model_step import StepGraph, StepShape, build_step, reference_logits
 from tests.compile_support import needs_compiler
 
 pytestmark = needs_compiler
@@ -36,6 +38,44 @@ def test_the_reference_sees_a_wrong_kv_history():
         step.metadata.decode_block_tables.copy_(step.metadata.decode_block_tables.roll(1, 0))
         wrong = step.logits(model, "torch")
     assert not compare(wrong, ref, 1e-2, "float64").ok
+
+
+def test_a_step_graph_refuses_what_it_cannot_capture():
+    model, config = build_synthetic("tiny", "cpu", torch.float32)
+    step = build_step(StepShape(2, 5), config, torch.device("cpu"), torch.float32)
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        StepGraph(step, model, "triton")
+    if torch.cuda.is_available():
+        model, config = build_synthetic("tiny", "cuda", torch.float32)
+        step = build_step(StepShape(2, 5), config, torch.device("cuda"), torch.float32)
+        with pytest.raises(ValueError, match="cannot be captured"):
+            StepGraph(step, model, "torch")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["none", "regional", "full"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.label)
+def test_a_replayed_step_graph_matches_the_launched_step(shape, mode):
+    """What the pair times on a GPU: the compiled step captured once, replayed; the replay
+    computes what the Python-launched step computes, and nothing recompiles at capture."""
+    torch._dynamo.reset()
+    device = torch.device("cuda")
+    with torch.inference_mode():
+        model, config = build_synthetic("tiny", device, torch.float32)
+        step = build_step(shape, config, device, torch.float32)
+        info = apply_compile(model, mode)
+        watch = CompileWatch(model, info)
+        with watch:
+            launched = step.logits(model, "triton")
+        info = watch.result()
+    graph = StepGraph(step, model, "triton")
+    replayed = graph.replay().clone()
+    assert replayed.data_ptr() != graph.logits.data_ptr()
+    torch.testing.assert_close(replayed, launched, rtol=1e-5, atol=1e-5)
+    assert compare(replayed, reference_logits(model, step), 1e-4, "float64").ok
+    assert graph.replay().data_ptr() == graph.logits.data_ptr()   # the graph's own buffer
+    if info.compiled:
+        assert recompiles(model, info) == 0
 
 
 def test_cold_then_warm_start_report_their_cache_state():
