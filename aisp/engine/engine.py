@@ -4,9 +4,12 @@
              sampled = runner.launch(plan)         one forward pass queued, one token per finished chunk
              result = scheduler.update_from_output(plan, sampled.result())
 
-Everything else (stop strings, outputs, stats) is bookkeeping around those three calls. The
-offline `generate()`, the server, the benchmarks and the load test all drive this same loop, so
-an optimization is a switch in `EngineConfig`, never a second code path.
+Everything else (outputs, stats) is bookkeeping around those three calls. The engine is the
+core: it deals in token ids; text and stop strings are the front end's (aisp.engine.client,
+aisp.engine.output_processor), which the offline `generate()` uses too. `generate()`, the server
+(through the engine-client API, with this loop in its own process), the benchmarks and the load
+test all drive this same loop, so an optimization is a switch in `EngineConfig`, never a second
+code path.
 
 Async scheduling (`EngineConfig.async_scheduling`, on by default on a GPU) changes only *when*
 the third call happens: step() plans and launches step N, then reads back step N-1's tokens, so

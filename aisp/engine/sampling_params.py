@@ -11,7 +11,8 @@ Contract:
 - `top_k` 0 disables it; -1 (vLLM's and many clients' spelling of "off") is accepted and stored
   as 0, so there is one internal spelling.
 - Stop *token ids* are checked by the scheduler; stop *strings* depend on detokenization and are
-  checked by the engine, which then calls `Scheduler.finish_request` (see scheduler.py).
+  checked by the front end (aisp.engine.output_processor), which then tells the core
+  (`LLMEngine.stop_requests` -> `Scheduler.finish_request`); the core never sees them.
 - `priority` is a property of the Request (it orders queues), not of sampling.
 - `SamplingParams.from_dict` is for JSON bodies: unknown keys are errors listing valid names, and
   `None` values (load testers send `"stop": null`) mean "use the default".
@@ -39,7 +40,7 @@ class SamplingParams:
     min_p: float = 0.0              # drop tokens below min_p * p(max); 0 = off
     seed: int | None = None         # per-request generator seed; None = engine's generator
     stop_token_ids: tuple[int, ...] = ()   # extra token ids that stop (kept in the output)
-    stop: tuple[str, ...] = ()      # stop strings, checked by the engine after detokenization
+    stop: tuple[str, ...] = ()      # stop strings, checked by the front end after detokenization
     ignore_eos: bool = False        # keep going past the model's eos (benchmarks, load tests)
     min_tokens: int = 0             # eos / stop ids do not stop before this many output tokens
 

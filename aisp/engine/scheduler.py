@@ -35,8 +35,8 @@ Contract:
   could never fit in the whole cache (it would preempt everything and still starve).
 - Stops: an eos id (`eos_token_ids`, unless ignore_eos) or a stop_token_id ends a request
   FINISHED_STOPPED once it has >= min_tokens outputs (the stop token stays in the output);
-  max_tokens ends it FINISHED_LENGTH. Stop STRINGS need detokenized text: the engine checks them
-  after `update_from_output` and calls `finish_request(id, FINISHED_STOPPED, stop_reason=string)`.
+  max_tokens ends it FINISHED_LENGTH. Stop STRINGS need detokenized text: the front end checks
+  them and the engine calls `finish_request(id, FINISHED_STOPPED, stop_reason=string)`.
 - `abort(ids)` and `finish_request` free blocks at once, between steps (schedule -> run -> update
   -> aborts/stop strings). Unknown or finished ids are skipped: a client may disconnect just as
   its request finishes.
