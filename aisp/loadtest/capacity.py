@@ -35,7 +35,8 @@ saturated rate, whose TTFT is the generator's own backlog. Per point, over the m
 
 The verdict names the point with the highest min(request ratio, chunk ratio) among those with
 whole records, no errors and correct timings, and says whether it reaches `target_ratio` (3x)
-in both. Results are data with provenance (--json). Needs no GPU.
+in both. Results are data with provenance (--json). Needs no GPU. (Past 400 lines: settings,
+measurement and verdict of one benchmark read best together; its table is in report.py.)
 """
 
 from __future__ import annotations
