@@ -4,7 +4,9 @@ Modules, each with its own contract: config (frozen, validated settings), datase
 (what to send, salted per run), arrivals (open-loop gaps), client (one timed streaming request),
 probe (health, model name, prefix-cache counters), records + stats + stability (vLLM's TTFT,
 TPOT, ITL, E2E, goodput, drift verdict), runner (`run_load`), sweep (`run_sweep`), report
-(rich tables), artifacts + plots (JSON, CSV, PNG), cli (`register(app)` adds `aisp loadtest`).
+(rich tables), artifacts + plots (JSON, CSV, PNG), cli (`register(app)` adds `aisp loadtest`),
+null_server (a trivially fast streaming server) + capacity (`python -m aisp.loadtest.capacity`:
+is the generator itself the limit?).
 
 In-process use (e.g. a script that starts a server and then loads it):
 

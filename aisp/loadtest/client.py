@@ -10,8 +10,9 @@ it by kind instead:
   malformed_stream  not an event stream, a `data:` line that is not JSON, or no `data: [DONE]`
   stream_error      an {"error": ...} object inside the stream
 
-Timing: `time.perf_counter()` right before the POST (send time) and right after each SSE line is
-read. Which chunks are token chunks follows vLLM's benchmark client: on /v1/completions every
+Timing: `time.perf_counter()` right before the POST (send time) and right after each read of the
+response body; every SSE line that read completes gets that time (its bytes arrived together).
+Which chunks are token chunks follows vLLM's benchmark client: on /v1/completions every
 chunk with a choice carries a token, even when its text is empty (a server may hold back a
 partial UTF-8 character or the possible start of a stop string, and a random-weight model can
 emit ids that decode to nothing), except a final chunk that only carries a finish_reason; on
@@ -32,6 +33,8 @@ from aisp.loadtest.records import RequestRecord
 from aisp.loadtest.workloads import RequestSpec
 
 _MAX_MESSAGE = 300
+_MAX_LINE = 16 << 20  # a longer line is no event stream; without a cap it would fill memory
+_decode_json = json.JSONDecoder().decode  # on str: json.loads(bytes) detects the encoding first
 
 
 def endpoint_path(endpoint: str) -> str:
@@ -72,23 +75,18 @@ def error_message(body: str) -> str:
 
 def _is_token_chunk(choice: Any, endpoint: str) -> bool:
     """See the module docstring: which streamed chunks carry a token."""
-    text = _content(choice, endpoint)
-    if endpoint == "chat":
-        return bool(text)
-    return bool(text) or choice.get("finish_reason") is None
-
-
-def _content(choice: Any, endpoint: str) -> str:
     if not isinstance(choice, dict):
         raise ValueError("choice is not an object")
     if endpoint == "chat":
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
         text = delta.get("content") if isinstance(delta, dict) else None
     else:
         text = choice.get("text")
     if text is not None and not isinstance(text, str):
         raise ValueError(f"content is {type(text).__name__}, not a string")
-    return text or ""
+    if endpoint == "chat":
+        return bool(text)
+    return bool(text) or choice.get("finish_reason") is None
 
 
 class _Failure(Exception):
@@ -130,28 +128,47 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict[str,
                 raise _Failure("malformed_stream", f"expected text/event-stream, got "
                                                    f"'{ctype or 'no content type'}'")
             done = False
-            async for raw in resp.content:
+            content, pending = resp.content, b""
+            while not done:
+                # One read takes whatever has arrived (often one event, sometimes several);
+                # every line it completes is timed by it. Reading line by line instead costs
+                # two aiohttp reads per event and stamps each later line with the time spent
+                # parsing the ones before it.
+                piece = await content.readany()
                 now = time.perf_counter()
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, ': keep-alive' comments, event:/id: fields
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    end, done = now, True
+                if piece:
+                    lines = (pending + piece if pending else piece).split(b"\n")
+                    pending = lines.pop()
+                    if len(pending) > _MAX_LINE:
+                        raise _Failure("malformed_stream", f"an event line longer than "
+                                                           f"{_MAX_LINE:,} bytes")
+                elif pending:  # the end of the stream ends its last line
+                    lines, pending = [pending], b""
+                else:
                     break
-                try:
-                    obj = json.loads(data)
-                    if not isinstance(obj, dict):
-                        raise ValueError("event is not a JSON object")
-                    if obj.get("error") is not None:
-                        raise _Failure("stream_error", error_message(data.decode(errors="replace")))
-                    if isinstance(obj.get("usage"), dict):
-                        usage = obj["usage"]
-                    choices = obj.get("choices") or []
-                    if choices and _is_token_chunk(choices[0], endpoint):
-                        chunks.append(now)
-                except ValueError as e:
-                    raise _Failure("malformed_stream", f"bad event {data[:80]!r}: {e}") from None
+                for raw in lines:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, ': keep-alive' comments, event:/id: fields
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        end, done = now, True
+                        break
+                    try:
+                        obj = _decode_json(data.decode())
+                        if not isinstance(obj, dict):
+                            raise ValueError("event is not a JSON object")
+                        if obj.get("error") is not None:
+                            raise _Failure("stream_error",
+                                           error_message(data.decode(errors="replace")))
+                        if isinstance(u := obj.get("usage"), dict):
+                            usage = u
+                        choices = obj.get("choices")
+                        if choices and _is_token_chunk(choices[0], endpoint):
+                            chunks.append(now)
+                    except ValueError as e:
+                        raise _Failure("malformed_stream",
+                                       f"bad event {data[:80]!r}: {e}") from None
             if not done:
                 raise _Failure("malformed_stream", "stream ended without 'data: [DONE]'")
         return record()
@@ -166,6 +183,6 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict[str,
         end = time.perf_counter()
         return record(error_kind="connection",
                       error_message=f"{type(e).__name__}: {e}"[:_MAX_MESSAGE])
-    except ValueError as e:  # aiohttp's line reader: a line longer than its buffer limit
+    except ValueError as e:  # raised by aiohttp's readers (e.g. a malformed chunked body)
         end = time.perf_counter()
         return record(error_kind="malformed_stream", error_message=str(e)[:_MAX_MESSAGE])

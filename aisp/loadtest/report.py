@@ -2,7 +2,8 @@
 
 Contract: `render_report(result)` returns rich renderables (run header, latency, throughput,
 goodput, errors, stability slices + verdict, prefix cache, notes); `print_report` prints them.
-`render_sweep` / `print_sweep_report` do the same for a sweep. Nothing is computed here that is
+`render_sweep` / `print_sweep_report` do the same for a sweep, `print_capacity` for the load
+generator's capacity benchmark (capacity.py). Nothing is computed here that is
 not already in the result: the report only formats it, so the JSON and the screen agree.
 """
 
@@ -15,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from aisp.loadtest.capacity import CapacityResult
 from aisp.loadtest.runner import LoadTestResult
 from aisp.loadtest.stats import MetricStats
 from aisp.loadtest.sweep import SweepResult
@@ -170,3 +172,49 @@ def print_sweep_report(sweep: SweepResult, console: Console | None = None) -> No
     console = console or Console()
     for r in render_sweep(sweep):
         console.print(r)
+
+
+def _stat(m: MetricStats | None, attr: str) -> str:
+    return _f(getattr(m, attr) if m is not None else None)
+
+
+def print_capacity(result: CapacityResult, console: Console | None = None) -> None:
+    """The capacity table, each point's problems and timing errors, then the verdict."""
+    console = console or Console()
+    c = result.config
+    t = Table(title=f"the load generator against the null server (/v1/completions, input "
+                    f"{c.input_len}, output {c.output_len} tokens, {c.duration_s:g} s per point, "
+                    f"the first {c.warmup_s:g} s left out)")
+    for col in ("load", "step ms", "req/s (x ref)", "chunks/s (x ref)", "gen CPU",
+                "µs CPU/chunk", "server CPU", "TTFT p50 ms client/server",
+                "ITL p50 ms client/server", "ITL p99 ms client/server", "whole", "timings"):
+        left = col in ("load", "whole", "timings")
+        t.add_column(col, justify="left" if left else "right", no_wrap=col == "load")
+    for p in result.points:
+        rq, rc = p.ratios(c)
+        whole = "yes" if p.clean else f"[red]no ({len(p.problems)} problems, {p.errors})[/]"
+        step = f"{p.token_delay_s * 1e3:g}" if p.token_delay_s else "0 (ceiling)"
+        t.add_row(p.load, step, f"{p.requests_per_s:,.1f} ({rq:.1f}x)",
+                  f"{p.chunks_per_s:,.0f} ({rc:.1f}x)", _f(p.generator_cpu),
+                  _f(p.cpu_us_per_chunk, ".1f"), _f(p.server_cpu),
+                  f"{_stat(p.client_ttft, 'median_ms')} / {_stat(p.server_ttft, 'median_ms')}",
+                  f"{_stat(p.client_itl, 'median_ms')} / {_stat(p.server_itl, 'median_ms')}",
+                  f"{_stat(p.client_itl, 'p99_ms')} / {_stat(p.server_itl, 'p99_ms')}", whole,
+                  "[red]off[/]" if p.timing_errors(c) else "correct")
+    console.print(t)
+    for p in result.points:
+        where = f"{p.load}, {p.step}"
+        for problem in p.problems:
+            console.print(f"[red]{where}:[/] {problem}", highlight=False)
+        for error in p.timing_errors(c):
+            console.print(f"[yellow]{where}, timings:[/] {error}", highlight=False)
+        if p.dispatch_lag is not None:
+            console.print(f"{p.load}: dispatch lag (send - scheduled) median "
+                          f"{_stat(p.dispatch_lag, 'median_ms')} ms, p99 "
+                          f"{_stat(p.dispatch_lag, 'p99_ms')} ms", highlight=False)
+    env = result.environment
+    console.print(f"reference: {c.against_req_s:g} req/s and {c.against_chunks_s:,.0f} chunks/s "
+                  f"(default: aisp serve on the H200, docs/results/h200.md); this machine: "
+                  f"{env.get('cpu_affinity') or env.get('cpu_count')} CPUs", highlight=False)
+    style = "green" if result.keeps_up else "red"
+    console.print(f"[{style}]{result.verdict}[/]", highlight=False)
