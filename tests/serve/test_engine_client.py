@@ -89,6 +89,12 @@ def test_stop_strings_end_the_stream_as_offline_generate_does(client, byte_model
     assert (outs[-1].output_token_ids, outs[-1].text, outs[-1].stop_reason) == \
         (want.output_token_ids, want.text, stop)
     assert "".join(o.text_delta for o in outs) == want.text
+    # HF's decode of the same tokens, cut before the stop string, is the same text.
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(byte_model / "tokenizer.json"))
+    full = hf.decode(list(want.output_token_ids), skip_special_tokens=True)
+    assert full.endswith(stop) and full[:-len(stop)] == want.text
 
 
 def test_admission_error_is_raised_before_the_first_output(client):
