@@ -23,6 +23,7 @@ import logging
 import threading
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from aisp.engine.client import EngineClient
 from aisp.engine.config import EngineConfig
@@ -39,11 +40,13 @@ class Server:
 
     def __init__(self, client: EngineClient, host: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, served_model_name: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES, shutdown_timeout: float = 60.0) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, shutdown_timeout: float = 60.0,
+                 registry: CollectorRegistry | None = None) -> None:
         self.host = host
         self.port = port
         self.served_model_name = served_model_name or client.model_info.model
-        self.metrics = EngineMetrics(model_name=self.served_model_name).attach(client)
+        # One registry for the process: pass it to let GPU and allocator exporters join /metrics.
+        self.metrics = EngineMetrics(registry, self.served_model_name).attach(client)
         self.client = client
         self.app = build_app(client, self.metrics, self.served_model_name, api_key,
                              max_body_bytes)

@@ -37,7 +37,7 @@ def loadtest(app, *args):
 
 
 def test_the_readme_example_fits_its_defaults_and_succeeds(app, tiny_server, tmp_path):
-    r = loadtest(app, "--url", tiny_server.url, "--concurrency", "8", "--duration", "2.5",
+    r = loadtest(app, "--url", tiny_server.url, "--concurrency", "8", "--duration", "6",
                  "--warmup", "0.5", "--out", str(tmp_path))
     text = " ".join(r.output.split())
     assert r.exit_code == 0, r.output

@@ -125,7 +125,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(long_model):
             output.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
             match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", output[-1])
             url = match and match.group(1)
-        result = run(_drain_scenario(proc, url), timeout=60)
+        result = run(_drain_scenario(proc, url), timeout=150)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
@@ -158,7 +158,7 @@ async def _drain_scenario(proc: subprocess.Popen, url: str):
     body = {"prompt": "keep going", "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
     late_statuses: list[int | str] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=45)) as s:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
         async with s.post(url + "/v1/completions", json=body) as resp:
             assert resp.status == 200
             raw = [await resp.content.readline()]   # the first token has arrived
