@@ -121,12 +121,16 @@ def model_context(model: Any) -> int | None:
 
 
 def _check_window(model: Any, max_length: int, stride: int) -> None:
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1 token, got {max_length}")
+    check_window_settings(max_length, stride)
     context = model_context(model)
     if context is not None and max_length > context:
         raise ValueError(f"max_length {max_length:,} is larger than the model's context "
                          f"({context:,} tokens); pass --max-length {context} or less")
+
+
+def check_window_settings(max_length: int, stride: int) -> None:
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1 token, got {max_length}")
     if not 1 <= stride <= max_length:
         raise ValueError(f"stride must be between 1 and max_length ({max_length:,}), got "
                          f"{stride:,}; a stride above max_length would skip tokens")
@@ -185,6 +189,7 @@ def disjoint_windows(ids: Sequence[int] | torch.Tensor, max_length: int,
 
 def make_windows(ids: Sequence[int] | torch.Tensor, method: str, max_length: int,
                  stride: int | None = None, prefix_token_id: int | None = None) -> list[Window]:
+    check_window_settings(max_length, max_length if method == DISJOINT else stride or max_length)
     if method == STRIDED:
         return strided_windows(ids, max_length, stride or max_length)
     if method == DISJOINT:
