@@ -35,6 +35,15 @@ def test_both_modes_on_a_text_file_write_json(tmp_path):
     assert 400 < strided["perplexity"] < 700
 
 
+def test_dtype_flag_is_honoured(tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT)
+    out = tmp_path / "ppl.json"
+    r = _run("--text", str(tmp_path / "t.txt"), "--max-length", "32", "--mode", "disjoint",
+             "--dtype", "bfloat16", "--json", str(out))
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["dtype"] == "bfloat16" and "bfloat16" in r.output
+
+
 def test_default_corpus_runs_offline(tmp_path):
     out = tmp_path / "ppl.json"
     r = _run("--mode", "disjoint", "--max-length", "512", "--json", str(out))
