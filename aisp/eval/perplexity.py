@@ -128,6 +128,13 @@ def _check_window(model: Any, max_length: int, stride: int) -> None:
                          f"({context:,} tokens); pass --max-length {context} or less")
 
 
+def _check_ids(model: Any, ids: torch.Tensor) -> None:
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and len(ids) and int(ids.max()) >= vocab:
+        raise ValueError(f"token id {int(ids.max()):,} is outside the model's vocabulary "
+                         f"({vocab:,} ids); tokenize with the model's own tokenizer")
+
+
 def check_window_settings(max_length: int, stride: int) -> None:
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1 token, got {max_length}")
@@ -201,7 +208,10 @@ def make_windows(ids: Sequence[int] | torch.Tensor, method: str, max_length: int
 
 @torch.inference_mode()
 def window_logprobs(model: Any, window: Window) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float64 log-probabilities [scored, vocab], targets [scored]) on the model's device."""
+    """(float64 log-probabilities [scored, vocab], targets [scored]) on the model's device.
+
+    The log-softmax runs ROW_CHUNK rows at a time, but the window's result is held whole:
+    scored × vocab × 8 bytes (2,048 tokens at a 128k vocab: 2 GiB)."""
     device = _model_device(model)
     ids = window.input_ids.to(device)
     positions = torch.arange(len(ids), device=device)
@@ -242,6 +252,7 @@ def perplexity(model: Any, ids: Sequence[int] | torch.Tensor, method: str, max_l
     """
     stride = max_length if method == DISJOINT or stride is None else stride
     _check_window(model, max_length, stride)
+    _check_ids(model, _as_tensor(ids))
     windows = make_windows(ids, method, max_length, stride, prefix_token_id)
     total, scored = 0.0, 0
     for i, w in enumerate(windows):
@@ -275,6 +286,7 @@ def logit_agreement(reference: Any, candidate: Any, ids: Sequence[int] | torch.T
     stride = max_length if method == DISJOINT or stride is None else stride
     for m in (reference, candidate):
         _check_window(m, max_length, stride)
+        _check_ids(m, _as_tensor(ids))
     windows = make_windows(ids, method, max_length, stride, prefix_token_id)
     acc = AgreementSums()
     for i, w in enumerate(windows):

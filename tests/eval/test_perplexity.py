@@ -168,6 +168,13 @@ def test_bad_windows_are_clear_errors(kwargs, match):
         perplexity(model, list(range(50)), STRIDED, **kwargs)
 
 
+def test_ids_outside_the_vocab_are_a_clear_error():
+    model = uniform_lm(300)
+    model.config.vocab_size = 300
+    with pytest.raises(ValueError, match="token id 300 is outside the model's vocabulary"):
+        perplexity(model, [1, 2, 300], STRIDED, 8)
+
+
 def test_empty_text_is_a_clear_error():
     for method in (STRIDED, DISJOINT):
         with pytest.raises(ValueError, match="empty"):
