@@ -275,6 +275,8 @@ def _verify(row: RowResult, base: _Measured, opt: _Measured, base_cfg: Benchmark
     if gate is not None:
         row.comparisons.append(check_accuracy(gate, base.outputs, opt.outputs))
     row.verification = describe_sample(base.outputs, opt.outputs)
+    if gate is not None:
+        row.verification["summary"] += "; the accuracy gate on both sides' models"
     row.verified = all(c.ok for c in row.comparisons)
     if not row.verified:
         row.error = "; ".join(f"vs {c.against}: {c.message}" for c in row.comparisons if not c.ok)

@@ -89,6 +89,7 @@ def test_logits_moved_within_the_bound_pass(tmp_path):
     assert row.verified, row.error
     [gate] = [c for c in row.comparisons if c.against == "accuracy gate"]
     assert gate.ok and gate.rel_error < 0.01 and "ΔPPL" in gate.message
+    assert row.verification["summary"].endswith("the accuracy gate on both sides' models")
 
 
 def test_without_a_gate_the_loose_tolerance_alone_passes_the_perturbed_pair(tmp_path):
