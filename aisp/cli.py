@@ -417,11 +417,13 @@ def generate_command(
 
 
 def _register_subcommands() -> None:
+    from aisp.eval.cli import register as register_eval
     from aisp.loadtest.cli import register as register_loadtest
     from aisp.serve.cli import register as register_serve
 
     register_serve(app)
     register_loadtest(app)
+    register_eval(app)
 
 
 _register_subcommands()

@@ -17,12 +17,22 @@ outputs set by set, and knows which set any later call computed on.
 
 `reference()` is optional: when a float64 answer for the first input set is cheap, returning it
 lets the runner check both sides of a pair against exact math, not only against each other.
+
+Accuracy gate (optional): a pair whose optimization changes numerics on purpose (a lower
+precision, FP8 weights) may pass the output comparison at its dtype's tolerance and still cost
+accuracy. Its config sets `accuracy_gate` (an `AccuracyGate`, e.g. aisp.eval.gate.PerplexityGate)
+and each side offers `accuracy_model()`, the model its `run()` uses. After `setup()` the runner
+asks the gate for each side's evidence (`gate.evidence(model)`, kept on the host), and after both
+sides it appends `gate.judge(baseline_evidence, optimized_evidence)` to the row's comparisons: a
+gate exceeded fails the row exactly as a wrong output does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from aisp.harness.verify import Comparison
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class BenchmarkConfig:
     # NaN/inf in the outputs are expected (e.g. fully masked rows); they must then match
     # position for position. Off by default: a non-finite value is a failing output.
     allow_nonfinite: bool = False
+    # Compares the models behind the two sides (see the module docstring); None: no gate.
+    accuracy_gate: AccuracyGate | None = None
 
     def __post_init__(self) -> None:
         if self.input_sets < 1:
@@ -71,6 +83,19 @@ class BenchmarkConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+
+@runtime_checkable
+class AccuracyGate(Protocol):
+    """Judges the accuracy of a pair's optimized model against its baseline model."""
+
+    def evidence(self, model: Any) -> Any:
+        """What `judge` needs from one side's model (host data: the model is gone by then)."""
+        ...
+
+    def judge(self, baseline: Any, optimized: Any) -> Comparison:
+        """ok=False when the optimized side's evidence exceeds the gate's bound."""
+        ...
 
 
 @runtime_checkable
@@ -96,6 +121,15 @@ def optional_reference(bench: Benchmark) -> Any | None:
     """The float64 answer for the first input set, if the benchmark offers one."""
     fn = getattr(bench, "reference", None)
     return fn() if callable(fn) else None
+
+
+def accuracy_model(bench: Benchmark) -> Any:
+    """The model behind `bench.run()`, for an accuracy gate; an error if the side has none."""
+    fn = getattr(bench, "accuracy_model", None)
+    if not callable(fn):
+        raise TypeError(f"{type(bench).__name__} has an accuracy_gate in its config but no "
+                        f"accuracy_model() method returning the model its run() uses")
+    return fn()
 
 
 def optional_details(bench: Benchmark) -> dict[str, Any]:

@@ -7,7 +7,9 @@ For every pair and workload size (`label`):
               its first output -> one run counting allocations -> profile (optional) -> teardown
     each optimized variant: the same, with the same seed, so its input sets are the
               baseline's; then compared set by set with the baseline's outputs and with float64
-              (aisp.harness.verification says what is sampled).
+              (aisp.harness.verification says what is sampled), and, when the pair's config
+              has an accuracy gate, the two sides' models judged by it (evidence taken right
+              after setup; aisp.harness.benchmark).
 
 A row is *verified* only when every comparison passed. Speed-up = baseline median / optimized
 median from this one run. A side that raises is recorded with its error and the run goes on
@@ -29,15 +31,15 @@ import torch
 
 from aisp.hardware import Ceilings, HardwareInfo
 from aisp.harness import expectations as exp
-from aisp.harness.benchmark import (Benchmark, BenchmarkConfig, Work, optional_details,
-                                    optional_reference)
+from aisp.harness.benchmark import (Benchmark, BenchmarkConfig, Work, accuracy_model,
+                                    optional_details, optional_reference)
 from aisp.harness.discovery import Pair, load_benchmarks
 from aisp.harness.memory import MemoryProbe, MemoryReport, count_allocations
 from aisp.harness.notes import row_notes
 from aisp.harness.profiling import PROFILE_MODES, profile_benchmark
 from aisp.harness.timing import L2Flusher, TimingStats, time_callable
-from aisp.harness.verification import (CountingRun, SideOutputs, check_rerun, collect_per_set,
-                                       describe_sample, to_host, verify_outputs)
+from aisp.harness.verification import (CountingRun, SideOutputs, check_accuracy, check_rerun,
+                                       collect_per_set, describe_sample, to_host, verify_outputs)
 from aisp.harness.verify import Comparison, tolerance_for
 
 
@@ -216,6 +218,8 @@ def measure_side(bench: Benchmark, module: str, *, seed: int, options: RunOption
             out.outputs = SideOutputs(cfg.input_sets, collect_per_set(run, device))
             if want_reference:
                 out.outputs.reference = to_host(optional_reference(bench))
+            if cfg.accuracy_gate is not None:    # before timing: the model as setup left it
+                out.outputs.accuracy = to_host(cfg.accuracy_gate.evidence(accuracy_model(bench)))
             for _ in range(warmup):
                 run()
             # Drop what setup and autotuning cached, then let one run re-reserve only what the
@@ -267,7 +271,12 @@ def _verify(row: RowResult, base: _Measured, opt: _Measured, base_cfg: Benchmark
         tol_pair=tol or max(tolerance_for(row.baseline.dtype), tolerance_for(row.optimized.dtype)),
         tol_base=tol or tolerance_for(row.baseline.dtype),
         tol_opt=tol or tolerance_for(row.optimized.dtype), allow_nonfinite=allow)
+    gate = opt_cfg.accuracy_gate or base_cfg.accuracy_gate
+    if gate is not None:
+        row.comparisons.append(check_accuracy(gate, base.outputs, opt.outputs))
     row.verification = describe_sample(base.outputs, opt.outputs)
+    if gate is not None:
+        row.verification["summary"] += "; the accuracy gate on both sides' models"
     row.verified = all(c.ok for c in row.comparisons)
     if not row.verified:
         row.error = "; ".join(f"vs {c.against}: {c.message}" for c in row.comparisons if not c.ok)

@@ -63,6 +63,7 @@ class SideOutputs:
     reference: Any = None
     rerun: Comparison | None = None
     rerun_set: int | None = None
+    accuracy: Any = None            # the accuracy gate's evidence for this side, if it has one
 
 
 def collect_per_set(run: CountingRun, device: torch.device) -> list[Any]:
@@ -139,3 +140,14 @@ def describe_sample(base: SideOutputs, opt: SideOutputs) -> dict[str, Any]:
         "rerun_after_timing": {"baseline": base.rerun_set, "optimized": opt.rerun_set},
         "summary": summary,
     }
+
+
+def check_accuracy(gate: Any, base: SideOutputs, opt: SideOutputs) -> Comparison:
+    """The pair's accuracy gate on both sides' evidence (aisp.harness.benchmark says how)."""
+    missing = [role for role, side in (("baseline", base), ("optimized", opt))
+               if side.accuracy is None]
+    if missing:
+        return Comparison(False, float("inf"), 0.0, "accuracy gate",
+                          f"no accuracy evidence from the {' and '.join(missing)} side: every "
+                          f"side of a gated pair sets the same accuracy_gate in its config()")
+    return gate.judge(base.accuracy, opt.accuracy)
