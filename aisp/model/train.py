@@ -319,6 +319,8 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
             bar.update(task, advance=1, loss=loss_value, eval=eval_loss,
                        tps=tokens_per_step * (step + 1) / train_seconds)
 
+    from aisp.harness.provenance import git_sha  # torch-free; imported here, used once
+
     model.requires_grad_(False).eval()
     save_checkpoint(model, model_config, out)
     result = TrainResult(out, model_config.num_params(), config.steps, train_seconds,
@@ -331,7 +333,8 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
                    "sources": corpus_info(sources) if sources else None,
                    "rule": "aisp.model.corpus: pydoc topics in sorted key order, last 10% = eval"},
         "device": str(device), "compute_dtype": "bfloat16 autocast" if use_bf16 else "float32",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "git_sha": git_sha()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": history, "evals": evals,
         "final": {"eval_loss": eval_loss, "eval_ppl": result.eval_ppl,

@@ -14,7 +14,7 @@ from aisp.model import VarlenCausalAttention
 from aisp.model.corpus import pydoc_text, split_point, stdlib_corpus, stdlib_sources
 from aisp.model.tokenizer import BYTE_VOCAB_SIZE
 from aisp.model.train import (OUTPUT_FILES, TRAIN_PRESETS, TrainConfig, WindowAttention, lr_at,
-                              train, train_preset)
+                              train, train_preset, window_loss)
 
 UNIFORM_PPL = BYTE_VOCAB_SIZE  # a model that knows nothing spreads its mass over all 259 ids
 
@@ -127,9 +127,13 @@ def test_checkpoint_generates_in_the_engine_and_matches_transformers(trained) ->
         ours = engine.model.compute_logits(
             engine.model(ids, torch.arange(len(ids)), VarlenCausalAttention([0, len(ids)])))
         want = hf(ids[None]).logits[0].float()
+        # The training objective is transformers' causal-LM loss (labels shifted inside HF).
+        hf_loss = hf(ids[None], labels=ids[None]).loss.item()
+        our_loss = window_loss(engine.model, ids[None]).item()
     scale = want.abs().max().item()
     err = (ours - want).abs().max().item()
     assert err < 1e-4 * scale, f"max abs diff {err:.2e} vs logit scale {scale:.2f}"  # float32
+    assert our_loss == pytest.approx(hf_loss, rel=1e-5)
 
 
 def test_cli_refuses_a_non_empty_out_dir_and_bad_sizes(tmp_path) -> None:
