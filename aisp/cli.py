@@ -329,8 +329,9 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (cuda if available), cpu, "
                                          "cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bfloat16 autocast on CUDA, "
-                                        "float32 on a CPU), float32 or bfloat16."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bfloat16 on CUDA, float32 on "
+                                        "a CPU), float32 or bfloat16 (bf16 compute, float32 "
+                                        "master weights)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the checkpoint files in "
                                    "a non-empty OUT_DIR (other files there are kept)."),
 ) -> None:

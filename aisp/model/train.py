@@ -4,9 +4,11 @@ Contract:
 - `TrainConfig` (frozen, validated at construction) holds the model's shape, the optimisation
   (AdamW, linear warm-up then cosine decay to `min_lr_ratio * lr`, decoupled weight decay on
   matrices only, gradient-norm clipping), the seed, the device and the compute dtype ("auto":
-  bfloat16 autocast over float32 weights on CUDA, plain float32 on a CPU). `TRAIN_PRESETS`
-  holds `micro` (CPU, seconds: the tests) and `small` (an H200, minutes); `train_preset(name,
-  **changes)` derives one.
+  bfloat16 on CUDA, float32 on a CPU). bfloat16 means a bfloat16 model for forward and
+  backward with float32 master weights in AdamW (and in the saved file), not autocast: the
+  model's RMSNorm refuses a float32 weight against the bfloat16 activations autocast makes.
+  `TRAIN_PRESETS` holds `micro` (CPU, seconds: the tests) and `small` (an H200, minutes);
+  `train_preset(name, **changes)` derives one.
 - `train(config, out_dir)` trains on random contiguous windows of the train split
   (aisp.model.corpus; `corpus="pydoc+sources"` adds the stdlib's .py files to the train text
   only), measures the held-out loss on the whole eval split at step 0, every `eval_every` steps
@@ -76,7 +78,7 @@ class TrainConfig:
     corpus: str = "pydoc"
     seed: int = 0
     device: str = "auto"            # auto: cuda if available, else cpu
-    dtype: str = "auto"             # auto: bfloat16 autocast on CUDA, float32 on a CPU
+    dtype: str = "auto"             # auto: bfloat16 (float32 master weights) on CUDA, float32 on a CPU
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
@@ -191,8 +193,7 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: LlamaForCausalLM, data: torch.Tensor, context_len: int, batch_size: int,
-             autocast: torch.autocast) -> float:
+def evaluate(model: LlamaForCausalLM, data: torch.Tensor, context_len: int, batch_size: int) -> float:
     """Mean loss over all of `data` in disjoint windows: each byte after the first is predicted
     once, from the bytes before it in its window (windows of context_len + 1 overlap by one)."""
     was_training = model.training
@@ -200,17 +201,16 @@ def evaluate(model: LlamaForCausalLM, data: torch.Tensor, context_len: int, batc
     total, count = 0.0, 0
     starts = list(range(0, len(data) - 1, context_len))
     full = [s for s in starts if s + context_len + 1 <= len(data)]
-    with autocast:
-        for i in range(0, len(full), batch_size):
-            idx = torch.tensor(full[i:i + batch_size], device=data.device)
-            windows = data[idx[:, None] + torch.arange(context_len + 1, device=data.device)]
-            total += window_loss(model, windows).item() * windows[:, 1:].numel()
-            count += windows[:, 1:].numel()
-        tail = starts[len(full):]  # the last, shorter window
-        if tail:
-            windows = data[tail[0]:][None]
-            total += window_loss(model, windows).item() * windows[:, 1:].numel()
-            count += windows[:, 1:].numel()
+    for i in range(0, len(full), batch_size):
+        idx = torch.tensor(full[i:i + batch_size], device=data.device)
+        windows = data[idx[:, None] + torch.arange(context_len + 1, device=data.device)]
+        total += window_loss(model, windows).item() * windows[:, 1:].numel()
+        count += windows[:, 1:].numel()
+    tail = starts[len(full):]  # the last, shorter window
+    if tail:
+        windows = data[tail[0]:][None]
+        total += window_loss(model, windows).item() * windows[:, 1:].numel()
+        count += windows[:, 1:].numel()
     model.train(was_training)
     return total / count
 
@@ -253,10 +253,9 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
           progress: bool = True) -> TrainResult:
     """Train, evaluate, save; see the module docstring for what lands in `out_dir`."""
     out = Path(out_dir)
+    device = resolve_device(config.device)  # before the folder exists: a refused run writes nothing
     prepare_out_dir(out, overwrite)
-    device = resolve_device(config.device)
     use_bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     train_bytes, eval_bytes = stdlib_corpus("train"), stdlib_corpus("eval")
     sources = stdlib_sources() if config.corpus == "pydoc+sources" else b""
     for name, data in (("train", train_bytes + sources), ("eval", eval_bytes)):
@@ -270,8 +269,14 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     torch.manual_seed(config.seed)
     model, _ = build_synthetic(model_config, device, torch.float32, config.seed)
     model.requires_grad_(True).train()  # the synthetic builder makes inference-only modules
-    decay = [p for p in model.parameters() if p.dim() >= 2]     # matrices and the embedding
-    no_decay = [p for p in model.parameters() if p.dim() < 2]   # norm weights
+    # bfloat16: the model computes in bf16, AdamW updates float32 masters (same init either way).
+    masters = [p.detach().clone() for p in model.parameters()] if use_bf16 else None
+    if use_bf16:
+        model.to(torch.bfloat16)  # the rope cache stays float32 (RotaryEmbedding._apply)
+    params = list(model.parameters())
+    opt_params = masters if masters is not None else params
+    decay = [p for p in opt_params if p.dim() >= 2]     # matrices and the embedding
+    no_decay = [p for p in opt_params if p.dim() < 2]   # norm weights
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
@@ -283,7 +288,7 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     evals: list[dict[str, float]] = []
 
     def record_eval(step: int) -> float:
-        loss = evaluate(model, eval_ids, config.context_len, eval_batch, autocast)
+        loss = evaluate(model, eval_ids, config.context_len, eval_batch)
         evals.append({"step": step, "loss": loss, "ppl": math.exp(loss)})
         return loss
 
@@ -303,12 +308,19 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
                 group["lr"] = lr
             starts = torch.randint(0, len(train_ids) - config.context_len, (config.batch_size,),
                                    device=device, generator=gen)
-            with autocast:
-                loss = window_loss(model, train_ids[starts[:, None] + offsets])
-            optimizer.zero_grad(set_to_none=True)
+            loss = window_loss(model, train_ids[starts[:, None] + offsets])
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if masters is not None:
+                for m, p in zip(masters, params):
+                    m.grad = p.grad.float()
+            grad_norm = torch.nn.utils.clip_grad_norm_(opt_params, config.grad_clip)
             optimizer.step()
+            model.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
+            if masters is not None:
+                with torch.no_grad():
+                    for m, p in zip(masters, params):
+                        p.copy_(m)
             loss_value = loss.item()  # syncs, so the step's time below is real
             train_seconds += time.perf_counter() - t0
             for key, value in (("step", step + 1), ("train_loss", loss_value), ("lr", lr),
@@ -322,6 +334,11 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     from aisp.harness.provenance import git_sha  # torch-free; imported here, used once
 
     model.requires_grad_(False).eval()
+    if masters is not None:  # save the float32 masters, not their bf16 copies
+        model.float()
+        with torch.no_grad():
+            for m, p in zip(masters, model.parameters()):
+                p.copy_(m)
     save_checkpoint(model, model_config, out)
     result = TrainResult(out, model_config.num_params(), config.steps, train_seconds,
                          tokens_per_step * config.steps / train_seconds, eval_loss)
@@ -332,7 +349,7 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
         "corpus": {"train": corpus_info(train_bytes), "eval": corpus_info(eval_bytes),
                    "sources": corpus_info(sources) if sources else None,
                    "rule": "aisp.model.corpus: pydoc topics in sorted key order, last 10% = eval"},
-        "device": str(device), "compute_dtype": "bfloat16 autocast" if use_bf16 else "float32",
+        "device": str(device), "compute_dtype": "bfloat16 (float32 master weights)" if use_bf16 else "float32",
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "git_sha": git_sha()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -74,19 +74,23 @@ def test_configs_are_validated_and_presets_have_the_stated_sizes() -> None:
     assert train_preset("micro", steps=5).warmup_steps == 0  # short runs shorten the warm-up
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    """The micro model after 30 steps (16 windows of 64 bytes each): ~2 s on an idle 2-core CPU."""
-    out = tmp_path_factory.mktemp("micro")
-    config = train_preset("micro", steps=30, eval_every=30)
-    # One intra-op thread: ops this small gain nothing from two, and on a shared CPU (parallel
-    # test runs) OpenMP's spinning threads made steps 5-50x slower (measured: 0.04 s vs 0.2-2 s).
+def train_one_thread(config: TrainConfig, out):
+    """`train` with one intra-op thread: ops this small gain nothing from two, and on a shared
+    CPU (parallel test runs) OpenMP's spinning threads made steps 5-50x slower (measured: 0.04 s
+    vs 0.2-2 s per micro step)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return config, train(config, out, overwrite=True, progress=False)
+        return train(config, out, overwrite=True, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """The micro model after 30 steps (16 windows of 64 bytes each): ~2 s on a 2-core CPU."""
+    config = train_preset("micro", steps=30, eval_every=30)
+    return config, train_one_thread(config, tmp_path_factory.mktemp("micro"))
 
 
 def test_held_out_perplexity_is_far_below_uniform(trained) -> None:
@@ -136,6 +140,20 @@ def test_checkpoint_generates_in_the_engine_and_matches_transformers(trained) ->
     assert our_loss == pytest.approx(hf_loss, rel=1e-5)
 
 
+def test_bfloat16_trains_a_bf16_model_and_saves_the_float32_masters(tmp_path) -> None:
+    # The H200 path (dtype auto on CUDA), run on the CPU: bf16 forward/backward, float32 AdamW.
+    from safetensors.torch import load_file
+
+    result = train_one_thread(train_preset("micro", steps=4, dtype="bfloat16"), tmp_path)
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["compute_dtype"] == "bfloat16 (float32 master weights)"
+    assert result.eval_loss < log["evals"][0]["loss"] - 0.1
+    weights = load_file(tmp_path / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    w = weights["model.layers.0.mlp.down_proj.weight"]
+    assert not torch.equal(w, w.bfloat16().float())  # the masters, not their bf16 copies
+
+
 def test_cli_refuses_a_non_empty_out_dir_and_bad_sizes(tmp_path) -> None:
     from aisp.cli import app
 
@@ -146,4 +164,7 @@ def test_cli_refuses_a_non_empty_out_dir_and_bad_sizes(tmp_path) -> None:
     assert r.exit_code == 2 and "not a multiple of num_heads 3" in r.output, r.output
     r = CliRunner().invoke(app, ["model", "train", str(tmp_path / "new"), "--corpus", "wiki"])
     assert r.exit_code == 2 and "pydoc+sources" in r.output, r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(app, ["model", "train", str(tmp_path / "new"), "--device", "cuda"])
+        assert r.exit_code == 2 and "CUDA is not available" in r.output, r.output
     assert not (tmp_path / "new").exists()  # refused before anything was written
