@@ -302,6 +302,65 @@ def save_synthetic_command(
     console.print(escape(f"wrote {preset} to {out_dir}: {files}"), highlight=False)
 
 
+@model_app.command("train")
+def train_command(
+    out_dir: Path = typer.Argument(..., help="Folder to write: the HF-layout checkpoint, "
+                                   "train_log.json and loss.png."),
+    preset: str = typer.Option("micro", "--preset", help="micro (CPU, seconds) or small (H200, "
+                               "minutes); the flags below change single fields of it."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per step."),
+    context_len: Optional[int] = typer.Option(None, "--context-len", help="Window length (bytes)."),
+    hidden_size: Optional[int] = typer.Option(None, "--hidden-size"),
+    num_layers: Optional[int] = typer.Option(None, "--num-layers"),
+    num_heads: Optional[int] = typer.Option(None, "--num-heads"),
+    num_kv_heads: Optional[int] = typer.Option(None, "--num-kv-heads"),
+    intermediate_size: Optional[int] = typer.Option(None, "--intermediate-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (after warm-up)."),
+    min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio",
+                                                 help="Cosine floor as a fraction of --lr."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every",
+                                             help="Steps between held-out evaluations."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="pydoc or pydoc+sources (the "
+                                         "stdlib's .py files added to the train text only)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (cuda if available), cpu, "
+                                         "cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bfloat16 on CUDA, float32 on "
+                                        "a CPU), float32 or bfloat16 (bf16 compute, float32 "
+                                        "master weights)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the checkpoint files in "
+                                   "a non-empty OUT_DIR (other files there are kept)."),
+) -> None:
+    """Train a small Llama (byte tokenizer) on the stdlib's pydoc text; save it in HF layout."""
+    from aisp.model.train import train, train_preset
+
+    given = dict(steps=steps, batch_size=batch_size, context_len=context_len,
+                 hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                 num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, lr=lr,
+                 min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                 grad_clip=grad_clip, eval_every=eval_every, corpus=corpus, seed=seed,
+                 device=device, dtype=dtype)
+    try:
+        config = train_preset(preset, **{k: v for k, v in given.items() if v is not None})
+        num_params = config.model_config().num_params()
+        console.print(escape(f"training {preset}: {num_params:,} parameters, {config.steps:,} steps "
+                             f"of {config.batch_size} x {config.context_len} bytes"),
+                      highlight=False)
+        result = train(config, out_dir, overwrite=overwrite, progress=True)
+    except (ValueError, OSError) as e:
+        _error(e)
+        raise typer.Exit(2)
+    console.print(escape(
+        f"eval loss {result.eval_loss:.4f} nats/byte (perplexity {result.eval_ppl:.2f}; uniform "
+        f"{config.model_config().vocab_size}) after {result.steps:,} steps in "
+        f"{result.train_seconds:.1f} s ({result.tokens_per_s:,.0f} tok/s); wrote {out_dir} "
+        f"(train_log.json, loss.png beside the checkpoint)"), highlight=False)
+
+
 @app.command("generate")
 def generate_command(
     model: str = typer.Option("tiny", "--model", help="Preset name or HF model folder."),
