@@ -54,13 +54,13 @@ def test_default_corpus_runs_offline(tmp_path):
     assert [x["method"] for x in data["results"]] == ["lm-eval-disjoint"]
 
 
-def test_default_corpus_is_the_last_tenth_of_the_topics():
-    from pydoc_data.topics import topics
+def test_default_corpus_is_the_training_tools_held_out_split():
+    """One convention (aisp.model.corpus): what `aisp model train` holds out is evaluated."""
+    from aisp.model.corpus import pydoc_text, stdlib_corpus
 
-    full = "\n\n".join(topics[k].strip() for k in sorted(topics))
     ev, tr = default_corpus("eval").text, default_corpus("train").text
-    assert tr + ev == full and ev
-    assert 0.09 < len(ev) / len(full) <= 0.10 and tr.endswith("\n")
+    assert ev.encode() == stdlib_corpus("eval") and (tr + ev).encode() == pydoc_text()
+    assert 0.09 < len(ev.encode()) / len(pydoc_text()) <= 0.11
 
 
 @pytest.mark.parametrize("args,match", [
