@@ -155,7 +155,10 @@ class Linear(nn.Module):
     @torch.no_grad()
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId = None) -> None:
         """Copy checkpoint tensor `loaded` (shard `shard_id`) into its place in `param`."""
-        name = next(n for n, p in self.named_parameters(recurse=False) if p is param)
+        name = next((n for n, p in self.named_parameters(recurse=False) if p is param), None)
+        if name is None:
+            raise ValueError(f"the parameter of shape {tuple(param.shape)} is not one of this layer's "
+                             f"({', '.join(n for n, _ in self.named_parameters(recurse=False))})")
         target = self.shard_view(name, shard_id)
         if tuple(loaded.shape) != tuple(target.shape):
             raise ValueError(f"{name} shard {shard_id!r}: checkpoint tensor has shape "
