@@ -28,7 +28,7 @@ Contract:
               dtype, then the product in float32 rounded again (what F.silu(gate) * up does).
 
     The twins rms_norm_ref, rotary_ref and silu_and_mul_ref are those formulas in plain torch and
-    the ONLY definition of them: the model's torch path (aisp/model/llama.py, rope.py) calls them.
+    the ONLY definition of them: the model's torch path (aisp/model/layers.py, rope.py) calls them.
     rotary_ref returns new tensors instead of rotating in place; its core, apply_rotary(x, cos,
     sin), serves callers that gather cos/sin once per forward (gather_cos_sin) for many layers.
 

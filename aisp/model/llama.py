@@ -1,9 +1,10 @@
 """Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over a flattened batch of tokens.
 
 Contract:
-- `LlamaForCausalLM(config, dtype)` builds the module tree; `LlamaForCausalLM.empty(config,
-  device, dtype)` builds it directly on `device` with uninitialised weights (no CPU float32
-  detour), for the loader and the synthetic presets to fill in place.
+- `LlamaForCausalLM(config, dtype, linear_method=None)` builds the module tree;
+  `LlamaForCausalLM.empty(config, device, dtype, linear_method=None)` builds it directly on
+  `device` with uninitialised weights (no CPU float32 detour), for the loader and the synthetic
+  presets to fill in place (`materialize(device)` is its second half, for a meta-built model).
 - `forward(input_ids [T], positions [T], attn) -> hidden [T, hidden_size]`: T tokens of any
   number of sequences, flattened; `positions` gives each token's position in its own sequence;
   `attn` (an `AttentionBackend`) decides which tokens attend to which and owns any KV cache;
@@ -11,9 +12,13 @@ Contract:
 - `compute_logits(hidden [n, hidden_size]) -> [n, vocab_size]` in float32; callers pass only the
   rows they sample from (usually the last token of each sequence), which keeps the vocab-sized
   GEMM small.
-- `set_elementwise_kernels("torch" | "triton")` picks, for every layer at once, how RMSNorm (with
-  the residual add before it), RoPE and SiLU·mul run: "torch" (default) is the plain-torch math
-  of aisp.kernels.fused_elementwise (HF's, bit for bit); "triton" runs the fused kernels there
+- Layers come from aisp.model.layers: every linear through `make_linear` with the model's one
+  `linear_method` (None: unquantized), so a quantized or parallel method is a constructor
+  argument, not a code change here.
+- `set_elementwise_kernels("torch" | "triton")` (aisp.model.layers' switch) picks, for every
+  layer at once, how RMSNorm (with the residual add before it), RoPE and SiLU·mul run: "torch"
+  (default) is the plain-torch math of aisp.kernels.fused_elementwise (HF's, bit for bit);
+  "triton" runs the fused kernels there
   (CUDA, or the interpreter in tests; graph-capture safe). On GPUs they match the torch math
   bit for bit except RMSNorm's float32 sum of squares (another reduction order), whose rare
   one-ulp flips make 16-bit logits differ slightly between the two. Each layer carries
@@ -22,7 +27,8 @@ Contract:
 - Parameter names (what the loader fills): embed_tokens, layers.N.input_layernorm,
   layers.N.self_attn.{qkv_proj, o_proj, q_norm, k_norm}, layers.N.post_attention_layernorm,
   layers.N.mlp.{gate_up_proj, down_proj}, norm, lm_head (absent when tied: logits then use
-  embed_tokens.weight). qkv_proj rows are [q | k | v]; gate_up_proj rows are [gate | up].
+  embed_tokens.weight). qkv_proj rows are [q | k | v] (shards "q", "k", "v"); gate_up_proj rows
+  are [gate | up] (shards "gate", "up"); each layer's `weight_loader` puts a shard in its rows.
 """
 
 from __future__ import annotations
@@ -31,38 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aisp.kernels.fused_elementwise import rms_norm, rms_norm_ref, silu_and_mul, silu_and_mul_ref
 from aisp.model.attention_backend import AttentionBackend
 from aisp.model.config import ModelConfig
-from aisp.model.rope import Rope, RotaryEmbedding
-
-ELEMENTWISE_KERNELS = ("torch", "triton")
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 and cast back before the weight, exactly as HF's LlamaRMSNorm.
-
-    `norm(x)` -> normed; `norm(x, residual)` -> (normed, x + residual), the add fused into the norm.
-    """
-
-    elementwise_kernels: str = "torch"  # or "triton"; LlamaForCausalLM.set_elementwise_kernels sets it
-
-    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        norm = rms_norm if self.elementwise_kernels == "triton" else rms_norm_ref
-        return norm(x, self.weight, self.eps, residual)
+from aisp.model.layers import (LMHead, LinearMethod, RMSNorm, Rope, RotaryEmbedding, SiluAndMul,
+                               VocabEmbedding, make_linear, set_elementwise_kernels)
 
 
 class LlamaAttention(nn.Module):
     """Fused qkv projection, optional per-head q/k RMSNorm (Qwen3) and RoPE, and o_proj: the
     projections around attention. The layer calls the attention backend between them."""
 
-    def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None,
+                 linear_method: LinearMethod | None = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.sliding_window = config.layer_sliding_windows[layer_idx]  # None: full causal
@@ -70,9 +56,11 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size,
-                                  bias=config.attention_bias, dtype=dtype)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias, dtype=dtype)
+        self.qkv_proj = make_linear(config.hidden_size, [self.q_size, self.kv_size, self.kv_size],
+                                    shard_ids=("q", "k", "v"), bias=config.attention_bias,
+                                    dtype=dtype, method=linear_method)
+        self.o_proj = make_linear(self.q_size, config.hidden_size, bias=config.o_proj_bias,
+                                  dtype=dtype, method=linear_method)
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
         if config.qk_norm:
@@ -95,16 +83,17 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """SiLU-gated MLP with gate and up fused into one GEMM: down(silu(gate(x)) * up(x))."""
 
-    elementwise_kernels: str = "torch"  # or "triton"; LlamaForCausalLM.set_elementwise_kernels sets it
-
-    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None,
+                 linear_method: LinearMethod | None = None) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False, dtype=dtype)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False, dtype=dtype)
+        inter = config.intermediate_size
+        self.gate_up_proj = make_linear(config.hidden_size, [inter, inter], shard_ids=("gate", "up"),
+                                        dtype=dtype, method=linear_method)
+        self.down_proj = make_linear(inter, config.hidden_size, dtype=dtype, method=linear_method)
+        self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = silu_and_mul if self.elementwise_kernels == "triton" else silu_and_mul_ref
-        return self.down_proj(act(self.gate_up_proj(x)))
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -119,12 +108,13 @@ class LlamaDecoderLayer(nn.Module):
     (aisp.engine.piecewise_graphs), with attention run between them on its real metadata.
     """
 
-    def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype | None = None,
+                 linear_method: LinearMethod | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.self_attn = LlamaAttention(config, layer_idx, dtype)
+        self.self_attn = LlamaAttention(config, layer_idx, dtype, linear_method)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.mlp = LlamaMLP(config, dtype)
+        self.mlp = LlamaMLP(config, dtype, linear_method)
 
     def pre_attention(self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Rope
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,44 +144,46 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """The whole decoder plus LM head; see the module docstring for the forward contract."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None) -> None:
+    elementwise_kernels: str = "torch"  # what its layers run; set_elementwise_kernels sets them all
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None,
+                 linear_method: LinearMethod | None = None) -> None:
         super().__init__()
         self.config = config
-        self.elementwise_kernels = "torch"  # set_elementwise_kernels changes it for every layer
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, dtype) for i in range(config.num_hidden_layers))
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, dtype, linear_method)
+                                    for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_model_len, config.rope_theta,
                                          config.rope_scaling)
         # Tied models keep one matrix: no lm_head parameter, so nothing can untie it (to_empty,
         # load_state_dict) and the checkpoint has one tensor to fill.
-        self.lm_head: nn.Linear | None = None
+        self.lm_head: LMHead | None = None
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+            self.lm_head = LMHead(config.hidden_size, config.vocab_size, dtype)
 
     @classmethod
-    def empty(cls, config: ModelConfig, device: torch.device | str, dtype: torch.dtype) -> LlamaForCausalLM:
+    def empty(cls, config: ModelConfig, device: torch.device | str, dtype: torch.dtype,
+              linear_method: LinearMethod | None = None) -> LlamaForCausalLM:
         """Uninitialised weights allocated straight on `device` in `dtype`; the rope cache is real.
 
         Built on the meta device first so no init kernels run and no host copy is made; for an
         8B model on a GPU this is the difference between seconds and minutes.
         """
         with torch.device("meta"):
-            model = cls(config, dtype=dtype)
-        model.to_empty(device=device)
-        model.rotary_emb.reset_cache()
+            model = cls(config, dtype=dtype, linear_method=linear_method)
+        return model.materialize(device)
+
+    def materialize(self, device: torch.device | str) -> LlamaForCausalLM:
+        """A model built on the meta device -> uninitialised storage on `device`, rope cache real."""
+        self.to_empty(device=device)
+        self.rotary_emb.reset_cache()
         # Inference only: no autograd graph even if a caller forgets inference_mode.
-        return model.requires_grad_(False).eval()
+        return self.requires_grad_(False).eval()
 
     def set_elementwise_kernels(self, kernels: str) -> None:
         """"torch" (the twins: today's math, any device) or "triton" (fused kernels) for every layer."""
-        if kernels not in ELEMENTWISE_KERNELS:
-            raise ValueError(f"elementwise kernels {kernels!r} unknown; choose one of "
-                             f"{', '.join(ELEMENTWISE_KERNELS)}")
-        self.elementwise_kernels = kernels
-        for module in self.modules():
-            if isinstance(module, (RMSNorm, LlamaMLP, RotaryEmbedding)):
-                module.elementwise_kernels = kernels
+        set_elementwise_kernels(self, kernels)
 
     @property
     def lm_head_weight(self) -> torch.Tensor:

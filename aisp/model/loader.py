@@ -1,11 +1,13 @@
-"""Load an HF-layout Llama-family folder (config.json + safetensors) into `LlamaForCausalLM`.
+"""Load an HF-layout folder (config.json + safetensors) into its registered model class.
 
 Contract:
-- `load_model(path, device, dtype) -> (model, config)` reads `model.safetensors`, or the shards
+- `load_model(path, device, dtype, linear_method=None) -> (model, config)` reads `model.safetensors`, or the shards
   listed in `model.safetensors.index.json`, with `safetensors` only (weights are never unpickled;
   a folder with only `pytorch_model.bin` is refused with the fix).
-- Every HF tensor name maps to one slot of one of our parameters (`weight_slots`): q/k/v rows go
-  into the fused `qkv_proj`, gate/up rows into `gate_up_proj`. Before any data is read, the
+- The architecture registry (aisp.model.registry) gives the model class and the HF names; every
+  HF tensor name maps to one shard of one of our parameters (`weight_targets`, asked of the
+  layers): q/k/v go to the fused `qkv_proj`'s shards, gate/up to `gate_up_proj`'s, and the
+  owning layer's `weight_loader(param, tensor, shard_id)` copies each. Before any data is read, the
   headers are checked: a missing tensor, an unexpected tensor, or a shape that disagrees with
   config.json is an error naming the tensor, the file and both shapes. `lm_head.weight` may be
   absent only when `tie_word_embeddings` is set (present and tied, it must equal the embedding).
@@ -20,7 +22,6 @@ Contract:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,56 +30,51 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from aisp.model.config import ModelConfig, read_json_file
+from aisp.model.linear import (LinearMethod, ShardId, default_weight_loader,
+                               process_weights_after_loading)
 from aisp.model.llama import LlamaForCausalLM
+from aisp.model.registry import WeightMapping, get_architecture
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# Old Llama checkpoints saved this derived buffer; it is recomputed from config.json, so skipping
-# it loses nothing (any other unknown name is an error).
-_DERIVED_BUFFER = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
 @dataclass(frozen=True)
-class WeightSlot:
-    """One HF tensor's place in our model: rows [row_start, row_start + shape[0]) of `param`."""
+class WeightTarget:
+    """One HF tensor's place in our model: shard `shard_id` of parameter `param` of `module`."""
 
     hf_name: str
+    module: str
     param: str
-    row_start: int
+    shard_id: ShardId
     shape: tuple[int, ...]
 
 
-def weight_slots(config: ModelConfig) -> list[WeightSlot]:
-    """Every tensor an HF checkpoint of `config` holds, and where each goes (lm_head only if untied)."""
-    h, inter, qs, kvs, d = (config.hidden_size, config.intermediate_size, config.q_size,
-                            config.kv_size, config.head_dim)
-    slots = [WeightSlot("model.embed_tokens.weight", "embed_tokens.weight", 0, (config.vocab_size, h)),
-             WeightSlot("model.norm.weight", "norm.weight", 0, (h,))]
-    if not config.tie_word_embeddings:
-        slots.append(WeightSlot("lm_head.weight", "lm_head.weight", 0, (config.vocab_size, h)))
-    for i in range(config.num_hidden_layers):
-        hf, our = f"model.layers.{i}.", f"layers.{i}."
-        qkv = [("q_proj", 0, qs), ("k_proj", qs, kvs), ("v_proj", qs + kvs, kvs)]
-        for name, start, rows in qkv:
-            slots.append(WeightSlot(f"{hf}self_attn.{name}.weight", f"{our}self_attn.qkv_proj.weight", start, (rows, h)))
-            if config.attention_bias:
-                slots.append(WeightSlot(f"{hf}self_attn.{name}.bias", f"{our}self_attn.qkv_proj.bias", start, (rows,)))
-        slots.append(WeightSlot(f"{hf}self_attn.o_proj.weight", f"{our}self_attn.o_proj.weight", 0, (h, qs)))
-        if config.o_proj_bias:
-            slots.append(WeightSlot(f"{hf}self_attn.o_proj.bias", f"{our}self_attn.o_proj.bias", 0, (h,)))
-        if config.qk_norm:
-            for name in ("q_norm", "k_norm"):
-                slots.append(WeightSlot(f"{hf}self_attn.{name}.weight", f"{our}self_attn.{name}.weight", 0, (d,)))
-        slots += [
-            WeightSlot(f"{hf}mlp.gate_proj.weight", f"{our}mlp.gate_up_proj.weight", 0, (inter, h)),
-            WeightSlot(f"{hf}mlp.up_proj.weight", f"{our}mlp.gate_up_proj.weight", inter, (inter, h)),
-            WeightSlot(f"{hf}mlp.down_proj.weight", f"{our}mlp.down_proj.weight", 0, (h, inter)),
-            WeightSlot(f"{hf}input_layernorm.weight", f"{our}input_layernorm.weight", 0, (h,)),
-            WeightSlot(f"{hf}post_attention_layernorm.weight", f"{our}post_attention_layernorm.weight", 0, (h,)),
-        ]
-    return slots
+def weight_targets(model: nn.Module, mapping: WeightMapping) -> dict[str, WeightTarget]:
+    """Every tensor an HF checkpoint of `model` holds (by HF name), and where each goes.
+
+    Asked of the layers: a layer that owns its loading (a fused linear) lists its `shard_ids`
+    and the `shard_view` each fills; any other parameter is one tensor of its own shape. Works
+    on a model built on the meta device (shapes only).
+    """
+    targets: dict[str, WeightTarget] = {}
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            for shard_id in getattr(module, "shard_ids", (None,)):
+                shape = tuple(_shard_view(module, param_name, shard_id).shape)
+                hf = mapping.hf_name(module_name, param_name, shard_id)
+                targets[hf] = WeightTarget(hf, module_name, param_name, shard_id, shape)
+    return targets
+
+
+def _shard_view(module: nn.Module, param_name: str, shard_id: ShardId) -> torch.Tensor:
+    """What one checkpoint tensor fills: the layer says so if it has shards, else the whole parameter."""
+    if hasattr(module, "shard_view"):
+        return module.shard_view(param_name, shard_id)
+    return getattr(module, param_name)
 
 
 def checkpoint_files(path: str | Path) -> list[Path]:
@@ -107,45 +103,58 @@ def checkpoint_files(path: str | Path) -> list[Path]:
                             f"checkpoint's *.safetensors files beside its config.json.{hint}")
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[LlamaForCausalLM, ModelConfig]:
-    """Build the model for `path`'s config.json on `device` in `dtype` (default: the config's) and fill it."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+               linear_method: LinearMethod | None = None) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """Build the model for `path`'s config.json on `device` in `dtype` (default: the config's), fill it.
+
+    The model class and the HF names come from the architecture registry; every tensor is handed
+    to the layer that owns its parameter (`weight_loader`), then each linear method's
+    `process_weights_after_loading` runs (e.g. an FP8 method quantizes there).
+    """
     config = ModelConfig.from_file(Path(path) / "config.json")
+    arch = get_architecture(config.architecture)
     dtype = dtype or config.torch_dtype
     device = _normalise_device(device)
     files = checkpoint_files(path)
-    slots = {s.hf_name: s for s in weight_slots(config)}
-    located = _check_headers(files, slots, config)
-    model = LlamaForCausalLM.empty(config, device, dtype)
-    params = dict(model.named_parameters())
+    with torch.device("meta"):  # shapes first: the headers are checked before any allocation
+        model = arch.model_class(config, dtype=dtype, linear_method=linear_method)
+    targets = weight_targets(model, arch.weights)
+    located = _check_headers(files, targets, config, arch.weights)
+    model = model.materialize(device)
+    modules = dict(model.named_modules())
     tied_lm_head: tuple[Path, str] | None = None
     with torch.no_grad():
         for file in files:
             with _open_safetensors(file, device) as f:
                 for name in located[file]:
-                    if name not in slots:  # lm_head.weight of a tied checkpoint: checked below
+                    if name not in targets:  # lm_head.weight of a tied checkpoint: checked below
                         tied_lm_head = (file, name)
                         continue
-                    s = slots[name]
-                    params[s.param][s.row_start:s.row_start + s.shape[0]].copy_(f.get_tensor(name))
+                    t = targets[name]
+                    module = modules[t.module]
+                    loader = getattr(module, "weight_loader", default_weight_loader)
+                    loader(getattr(module, t.param), f.get_tensor(name), t.shard_id)
         if tied_lm_head is not None:
             with _open_safetensors(tied_lm_head[0], device) as f:
                 lm_head = f.get_tensor(tied_lm_head[1]).to(dtype)
             if not torch.equal(lm_head, model.embed_tokens.weight):
                 raise ValueError(f"{tied_lm_head[0].name}: config.json sets tie_word_embeddings but lm_head.weight "
                                  f"differs from model.embed_tokens.weight; set tie_word_embeddings=false")
+    process_weights_after_loading(model)
     return model, config
 
 
 def hf_state_dict(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
     """Our parameters under HF names, fused ones split (contiguous copies, ready for safetensors)."""
-    params = dict(model.named_parameters())
-    return {s.hf_name: params[s.param][s.row_start:s.row_start + s.shape[0]].detach().contiguous()
-            for s in weight_slots(model.config)}
+    modules = dict(model.named_modules())
+    out = {}
+    for name, t in weight_targets(model, get_architecture(model.config.architecture).weights).items():
+        out[name] = _shard_view(modules[t.module], t.param, t.shard_id).detach().contiguous()
+    return out
 
 
-def _check_headers(files: list[Path], slots: dict[str, WeightSlot],
-                   config: ModelConfig) -> dict[Path, list[str]]:
+def _check_headers(files: list[Path], slots: dict[str, WeightTarget], config: ModelConfig,
+                   mapping: WeightMapping) -> dict[Path, list[str]]:
     """Match every tensor in the headers to a slot before reading data; returns names per file."""
     located: dict[Path, list[str]] = {}
     seen: dict[str, Path] = {}
@@ -154,7 +163,7 @@ def _check_headers(files: list[Path], slots: dict[str, WeightSlot],
         names: list[str] = []
         with _open_safetensors(file, "cpu") as f:
             for name in f.keys():
-                if _DERIVED_BUFFER.fullmatch(name):
+                if mapping.is_ignored(name):
                     continue
                 if name in seen:
                     raise ValueError(f"tensor {name} appears in both {seen[name].name} and {file.name}")

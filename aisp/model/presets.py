@@ -26,8 +26,10 @@ import torch
 from safetensors.torch import save_file
 
 from aisp.model.config import ModelConfig, RopeScaling
+from aisp.model.linear import LinearMethod, process_weights_after_loading
 from aisp.model.llama import LlamaForCausalLM
 from aisp.model.loader import hf_state_dict, load_model
+from aisp.model.registry import get_architecture
 from aisp.model.tokenizer import (BYTE_BOS_ID, BYTE_EOS_ID, BYTE_PAD_ID, BYTE_VOCAB_SIZE, HFTokenizer,
                                   byte_tokenizer, load_tokenizer, save_byte_tokenizer)
 
@@ -81,11 +83,18 @@ def get_preset(name: str) -> ModelConfig:
 
 
 def build_synthetic(preset: str | ModelConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None, seed: int = 0) -> tuple[LlamaForCausalLM, ModelConfig]:
-    """Random-weight model of `preset` on `device` in `dtype` (default: the preset's dtype)."""
+                    dtype: torch.dtype | None = None, seed: int = 0,
+                    linear_method: LinearMethod | None = None) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """Random-weight model of `preset` on `device` in `dtype` (default: the preset's dtype).
+
+    The class is the registry's for the preset's architecture; the weights are drawn as a
+    checkpoint's would be loaded, then the linear methods' post-load hook runs (as in load_model).
+    """
     config = get_preset(preset) if isinstance(preset, str) else preset
-    model = LlamaForCausalLM.empty(config, device, dtype or config.torch_dtype)
+    model_class = get_architecture(config.architecture).model_class
+    model = model_class.empty(config, device, dtype or config.torch_dtype, linear_method=linear_method)
     init_weights(model, seed)
+    process_weights_after_loading(model)
     return model, config
 
 

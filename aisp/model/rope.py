@@ -59,7 +59,7 @@ class RotaryEmbedding(nn.Module):
     """cos/sin cache for positions [0, max_positions) and its application to q and k."""
 
     cos_sin_cache: torch.Tensor
-    elementwise_kernels: str = "torch"  # or "triton"; LlamaForCausalLM.set_elementwise_kernels sets it
+    elementwise_kernels: str = "torch"  # or "triton"; aisp.model.layers.set_elementwise_kernels sets it
 
     def __init__(self, head_dim: int, max_positions: int, theta: float,
                  scaling: RopeScaling | None = None) -> None:

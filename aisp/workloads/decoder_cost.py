@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from aisp.model.linear import Linear
+
 
 @dataclass(frozen=True)
 class DecoderCost:
@@ -46,7 +48,7 @@ class DecoderCost:
         embed_bytes = embed.numel() * embed.element_size()
         layer_bytes = total - head_bytes - (0 if tied else embed_bytes)
         linear_params = sum(m.weight.numel() for m in model.layers.modules()
-                            if isinstance(m, nn.Linear))
+                            if isinstance(m, Linear))
         return cls(layer_weight_bytes=layer_bytes, lm_head_bytes=head_bytes,
                    embed_row_bytes=embed.shape[1] * embed.element_size(),
                    head_is_embedding=tied, layer_linear_params=linear_params,

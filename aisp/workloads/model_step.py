@@ -42,6 +42,7 @@ from aisp.engine.attention import AttentionMetadata, PagedAttention
 from aisp.engine.kv_cache import KVCache, KVCacheSpec
 from aisp.kernels.fused_elementwise import rotate_half
 from aisp.model.config import ModelConfig
+from aisp.model.linear import Linear
 from aisp.model.llama import LlamaForCausalLM
 
 
@@ -196,7 +197,7 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight.to(x.dtype) * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
-def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+def _linear(x: torch.Tensor, layer: Linear) -> torch.Tensor:
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return torch.nn.functional.linear(x, layer.weight.to(x.dtype), bias)
 

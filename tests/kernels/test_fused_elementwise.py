@@ -17,8 +17,7 @@ from aisp.engine.sampling_params import SamplingParams
 from aisp.kernels.fused_elementwise import (rms_norm, rms_norm_ref, rotary_, rotary_ref, silu_and_mul,
                                             silu_and_mul_ref)
 from aisp.model import VarlenCausalAttention, build_synthetic
-from aisp.model.llama import LlamaMLP, RMSNorm
-from aisp.model.rope import RotaryEmbedding
+from aisp.model.layers import RMSNorm, RotaryEmbedding, SiluAndMul
 from tests.kernels.paged_kv_helpers import randn, requires_cuda
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -244,8 +243,8 @@ def test_model_triton_elementwise_matches_torch(preset):
 def test_set_elementwise_kernels_reaches_every_layer_and_validates():
     model, _ = build_synthetic("tiny-qwen3", DEVICE, torch.float32)
     model.set_elementwise_kernels("triton")
-    users = [m for m in model.modules() if isinstance(m, (RMSNorm, LlamaMLP, RotaryEmbedding))]
-    # per layer: input, post-attention, q and k norms, the MLP; plus the final norm and the rope
+    users = [m for m in model.modules() if isinstance(m, (RMSNorm, SiluAndMul, RotaryEmbedding))]
+    # per layer: input, post-attention, q and k norms, the MLP activation; plus final norm and rope
     assert len(users) == 5 * model.config.num_hidden_layers + 2
     assert model.elementwise_kernels == "triton" and all(m.elementwise_kernels == "triton" for m in users)
     with pytest.raises(ValueError, match="elementwise kernels 'cuda' unknown; choose one of torch, triton"):
