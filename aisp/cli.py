@@ -396,6 +396,10 @@ def generate_command(
     compile: str = typer.Option("none", "--compile",
                                 help="none, regional (each decoder layer's two halves, one "
                                      "compiled region for all layers) or full (the whole model)."),
+    quantization: str = typer.Option("none", "--quantization",
+                                     help="none, fp8 (= fp8-per-channel: FP8 weights with a "
+                                          "scale per output channel, activations per token) or "
+                                          "fp8-per-tensor; weights are quantized at load."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write summary + outputs here."),
 ) -> None:
     """Offline generation through the engine, with a progress bar and a throughput summary."""
@@ -418,7 +422,8 @@ def generate_command(
                            max_num_batched_tokens=max_num_batched_tokens,
                            enable_prefix_caching=not no_prefix_caching,
                            attention_kernels=attention_kernels, cuda_graphs=cuda_graphs,
-                           async_scheduling=async_scheduling, compile=compile)
+                           async_scheduling=async_scheduling, compile=compile,
+                              quantization=quantization)
         params = SamplingParams(max_tokens=output_len, temperature=temperature, top_p=top_p,
                                 top_k=top_k, seed=seed if temperature > 0 else None,
                                 ignore_eos=ignore_eos)

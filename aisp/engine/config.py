@@ -16,6 +16,7 @@ import torch
 
 from aisp.hardware import parse_device
 from aisp.model.compile import check_compile_mode
+from aisp.quant.fp8 import QUANTIZATIONS
 
 @dataclass(frozen=True)
 class GraphMode:
@@ -63,6 +64,7 @@ class EngineConfig:
     cuda_graph_max_tokens: int | None = None  # largest piecewise bucket; None: max_num_batched_tokens
     async_scheduling: str = "auto"           # auto (on for a GPU) | on | off: plan step N+1 while N runs
     compile: str = "none"                    # none | regional | full (aisp.model.compile)
+    quantization: str = "none"               # none | fp8 | fp8-per-channel | fp8-per-tensor (aisp.quant.fp8)
 
     def __post_init__(self) -> None:
         if self.device:
@@ -83,6 +85,10 @@ class EngineConfig:
             raise ValueError(f"async_scheduling '{self.async_scheduling}' unknown; choose auto, on "
                              f"(plan the next step while the GPU runs this one) or off")
         check_compile_mode(self.compile)
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization '{self.quantization}' unknown; choose one of "
+                             f"{', '.join(QUANTIZATIONS)} (fp8 = fp8-per-channel: weights per "
+                             f"output channel, activations per token)")
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

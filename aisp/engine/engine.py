@@ -45,6 +45,7 @@ from aisp.engine.request import Request, RequestStatus
 from aisp.engine.sampling_params import SamplingParams
 from aisp.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats
 from aisp.model.presets import resolve_model
+from aisp.quant.fp8 import linear_method_for
 
 
 class RequestMetrics(msgspec.Struct, frozen=True, array_like=True):
@@ -161,7 +162,9 @@ class LLMEngine:
                              f"never call (they run the layers' halves), but cuda_graphs is "
                              f"'{graph_mode.name}'; use compile='regional' (the halves, which "
                              f"piecewise graphs capture), or cuda_graphs='full' or 'none'")
-        self.model, self.model_config = source.load(self.device, self.dtype, config.seed)
+        # --quantization: the linears' method; FP8 quantizes the loaded weights in place.
+        self.model, self.model_config = source.load(self.device, self.dtype, config.seed,
+                                                    linear_method_for(config.quantization))
         try:
             self.tokenizer = source.tokenizer()
         except FileNotFoundError:

@@ -149,11 +149,13 @@ class ModelSource:
     path: Path | None = None
 
     def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-             seed: int = 0) -> tuple[LlamaForCausalLM, ModelConfig]:
-        """The model on `device` in `dtype` (default: the config's); `seed` matters only for presets."""
+             seed: int = 0, linear_method: LinearMethod | None = None
+             ) -> tuple[LlamaForCausalLM, ModelConfig]:
+        """The model on `device` in `dtype` (default: the config's), its linears through
+        `linear_method` (None: unquantized); `seed` matters only for presets."""
         if self.path is not None:
-            return load_model(self.path, device, dtype)
-        return build_synthetic(self.config, device, dtype, seed)
+            return load_model(self.path, device, dtype, linear_method=linear_method)
+        return build_synthetic(self.config, device, dtype, seed, linear_method=linear_method)
 
     def tokenizer(self) -> HFTokenizer:
         """The folder's tokenizer.json, or the byte tokenizer for a preset."""

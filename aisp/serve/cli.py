@@ -62,6 +62,10 @@ def serve_command(
     compile: str = typer.Option("none", "--compile",
                                 help="none, regional (each decoder layer's two halves, one "
                                      "compiled region for all layers) or full (the whole model)."),
+    quantization: str = typer.Option("none", "--quantization",
+                                     help="none, fp8 (= fp8-per-channel: FP8 weights with a "
+                                          "scale per output channel, activations per token) or "
+                                          "fp8-per-tensor; weights are quantized at load."),
     engine_process: bool = typer.Option(True, "--engine-process/--in-process",
                                         help="Run the engine core in a process of its own "
                                              "(default: the server's HTTP, tokenization and "
@@ -84,7 +88,8 @@ def serve_command(
                               max_num_batched_tokens=max_num_batched_tokens,
                               enable_prefix_caching=not no_prefix_caching,
                               attention_kernels=attention_kernels, cuda_graphs=cuda_graphs,
-                              async_scheduling=async_scheduling, compile=compile)
+                              async_scheduling=async_scheduling, compile=compile,
+                              quantization=quantization)
         # Everything that cannot run (device, kernels, model files) fails here, before the
         # server listens: it never reports healthy with an engine that cannot serve.
         client = (EngineClient.start(config) if engine_process

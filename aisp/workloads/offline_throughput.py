@@ -58,6 +58,8 @@ VARIANTS: dict[str, dict] = {
     "full": {"cuda_graphs": "full"},         # whole-step graphs for decode-only steps only
     "piecewise": {"cuda_graphs": "piecewise"},  # the dense pieces of every step, attention eager
     "regional": {"compile": "regional"},     # default graphs capturing compiled layer halves
+    "fp8": {"quantization": "fp8"},          # FP8 weights (per channel), activations per token
+    "fp8-per-tensor": {"quantization": "fp8-per-tensor"},
 }
 
 

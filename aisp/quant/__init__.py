@@ -1,0 +1,1 @@
+"""Quantization: FP8 weights and activations (aisp.quant.fp8)."""
