@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from aisp.model.presets import PRESETS, save_synthetic
 from aisp.model.tokenizer import BYTE_VOCAB_SIZE
 from aisp.serve.cli import register
-from tests.serve.client import events, fold_chunks, run
+from tests.serve.client import events, fold_chunks, process_running, run
 
 REPO = Path(__file__).resolve().parents[2]
 # A group with a callback, so `serve` stays a subcommand as it will be under `aisp`.
@@ -136,22 +136,14 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(long_model):
     log = "".join(output)
     core_pid = int(re.search(r"engine core pid (\d+)", log).group(1))
     deadline = time.monotonic() + 10
-    while _running(core_pid) and time.monotonic() < deadline:
+    while process_running(core_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _running(core_pid), f"the engine core (pid {core_pid}) outlived the server"
+    assert not process_running(core_pid), f"the engine core (pid {core_pid}) outlived the server"
     folded, late_statuses = result
     assert folded["finish_reason"] == "length", log
     assert folded["usage"]["completion_tokens"] == 1500, log
     assert late_statuses and all(s in (503, "refused") for s in late_statuses), late_statuses
     assert "draining 1 in-flight request" in log and "stopped" in log, log
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def _drain_scenario(proc: subprocess.Popen, url: str):
@@ -204,13 +196,13 @@ def test_a_killed_server_takes_its_engine_core_with_it(long_model):
             match = re.search(r"engine core pid (\d+)",
                               lines.get(timeout=max(0.1, deadline - time.monotonic())))
             core_pid = match and int(match.group(1))
-        assert _running(core_pid)
+        assert process_running(core_pid)
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 5
-        while _running(core_pid) and time.monotonic() < deadline:
+        while process_running(core_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _running(core_pid), "the engine core outlived a killed server"
+        assert not process_running(core_pid), "the engine core outlived a killed server"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -19,7 +19,7 @@ from aisp.engine.client import (EngineClient, EngineDeadError, EngineShuttingDow
                                 EngineStepError)
 from aisp.engine.engine import LLMEngine
 from aisp.engine.sampling_params import SamplingParams
-from tests.serve.client import run, wait_until
+from tests.serve.client import process_running, run, wait_until
 from tests.serve.conftest import NUM_KV_BLOCKS, engine_config
 
 GREEDY = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
@@ -236,15 +236,7 @@ def test_shutdown_without_drain_fails_in_flight(client):
     run(go())
     pid = engine.core_pid
     if pid is not None:
-        assert not _running(pid), "the engine core process outlived shutdown"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        assert not process_running(pid), "the engine core process outlived shutdown"
 
 
 def test_a_killed_core_process_fails_streams_and_refuses_new_requests(byte_model):
