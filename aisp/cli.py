@@ -20,6 +20,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aisp.engine_options import COMPILE_OPTION, QUANTIZATION_OPTION
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="aisp: measure which inference optimizations pay off on this hardware.")
 bench_app = typer.Typer(no_args_is_help=True, help="Discover and run baseline/optimized pairs.")
@@ -393,13 +395,8 @@ def generate_command(
     async_scheduling: str = typer.Option("auto", "--async-scheduling",
                                          help="auto (on for a GPU), on or off: plan the next "
                                               "step while the GPU runs this one."),
-    compile: str = typer.Option("none", "--compile",
-                                help="none, regional (each decoder layer's two halves, one "
-                                     "compiled region for all layers) or full (the whole model)."),
-    quantization: str = typer.Option("none", "--quantization",
-                                     help="none, fp8 (= fp8-per-channel: FP8 weights with a "
-                                          "scale per output channel, activations per token) or "
-                                          "fp8-per-tensor; weights are quantized at load."),
+    compile: str = COMPILE_OPTION,
+    quantization: str = QUANTIZATION_OPTION,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write summary + outputs here."),
 ) -> None:
     """Offline generation through the engine, with a progress bar and a throughput summary."""

@@ -48,6 +48,7 @@ layer (`tp_rank`, `tp_size`, both 0/1 today), so every method works under either
 
 from __future__ import annotations
 
+import abc
 import enum
 from collections.abc import Sequence
 
@@ -66,15 +67,17 @@ class ParamLayout(enum.Enum):
     WHOLE = "whole"          # the whole parameter, whatever the shard (a replicated scalar)
 
 
-class LinearMethod:
+class LinearMethod(abc.ABC):
     """How a `Linear` creates, loads and applies its weights (see the module docstring)."""
 
+    @abc.abstractmethod
     def create_weights(self, layer: Linear, input_size_per_partition: int,
                        output_partition_sizes: Sequence[int], dtype: torch.dtype | None) -> None:
-        raise NotImplementedError
+        """Register the layer's parameters and their layouts."""
 
+    @abc.abstractmethod
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The forward: x [T, input] -> y [T, sum(output sizes)]."""
 
     def process_weights_after_loading(self, layer: Linear) -> None:
         """Run once after the checkpoint is loaded (e.g. quantize bf16 weights to FP8)."""

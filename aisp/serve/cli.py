@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from aisp.engine_options import COMPILE_OPTION, QUANTIZATION_OPTION
+
 __all__ = ["register"]
 
 
@@ -59,13 +61,8 @@ def serve_command(
     async_scheduling: str = typer.Option("auto", "--async-scheduling",
                                          help="auto (on for a GPU), on or off: plan the next "
                                               "step while the GPU runs this one."),
-    compile: str = typer.Option("none", "--compile",
-                                help="none, regional (each decoder layer's two halves, one "
-                                     "compiled region for all layers) or full (the whole model)."),
-    quantization: str = typer.Option("none", "--quantization",
-                                     help="none, fp8 (= fp8-per-channel: FP8 weights with a "
-                                          "scale per output channel, activations per token) or "
-                                          "fp8-per-tensor; weights are quantized at load."),
+    compile: str = COMPILE_OPTION,
+    quantization: str = QUANTIZATION_OPTION,
     engine_process: bool = typer.Option(True, "--engine-process/--in-process",
                                         help="Run the engine core in a process of its own "
                                              "(default: the server's HTTP, tokenization and "
